@@ -1,0 +1,56 @@
+# Every target sets up .venv itself when it is missing, so on a fresh machine
+# `make demo` and `make test` are the only two commands needed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.bft-ray-installed
+# Keep the test-time Ray clusters small on a 2-core machine.
+export RAY_DEDUP_LOGS ?= 0
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: setup demo test test-full bench bench-overhead bench-compare bench-consensus bench-robust lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: the CPU build on this machine's disk. An unpinned
+	# torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python jobs/demo.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-full: $(STAMP)
+	BFT_RAY_FULL=1 $(BIN)/python -m pytest -q
+
+bench: bench-overhead bench-compare bench-consensus
+
+bench-overhead: $(STAMP)
+	$(BIN)/python benchmarks/bench_overhead.py
+
+bench-compare: $(STAMP)
+	$(BIN)/python benchmarks/bench_compare.py
+
+bench-consensus: $(STAMP)
+	$(BIN)/python benchmarks/bench_consensus.py
+
+bench-robust: $(STAMP)
+	$(BIN)/python benchmarks/bench_robust.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check bft_ray tests jobs benchmarks
+	$(BIN)/ruff format --check bft_ray tests jobs benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format bft_ray tests jobs benchmarks
+	$(BIN)/ruff check --fix bft_ray tests jobs benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,84 @@
+"""bft-ray: trustworthy Ray computations when some machines lie.
+
+Each verified call runs on several untrusted executors (Ray actors pinned to GPUs); their
+outputs are compared within a numeric tolerance; a verifier accepts the value a strict-majority
+quorum agreed on, signs a certificate anyone can check offline, and flags the executors that
+disagreed, with their signed attestations as evidence.
+
+Example:
+    .. code-block:: python
+
+        import bft_ray
+
+        cluster = bft_ray.init(executors=4, faults={2: "gaussian_noise"})
+
+        @bft_ray.verified_remote(replicas=3, quorum=2, num_gpus=1)
+        def step(x):
+            return x * 2
+
+        ref = step.remote(1.5)
+        assert bft_ray.get(ref) == 3.0
+        print(cluster.report())
+"""
+
+from bft_ray import faults
+from bft_ray.api import (
+    BftCluster,
+    VerifiedActorHandle,
+    VerifiedClass,
+    VerifiedFunction,
+    VerifiedRef,
+    certificate,
+    current_cluster,
+    device,
+    get,
+    init,
+    shutdown,
+    verified_remote,
+    wait,
+)
+from bft_ray.config import ClusterSpec, Policy, Tolerance
+from bft_ray.errors import (
+    BftRayError,
+    CertificateError,
+    ConfigError,
+    ExecutorUnavailableError,
+    NoQuorumError,
+    VerificationError,
+    VerificationTimeoutError,
+)
+from bft_ray.report import Report
+from bft_ray.verifier.certificate import Certificate, verify_certificate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BftCluster",
+    "BftRayError",
+    "Certificate",
+    "CertificateError",
+    "ClusterSpec",
+    "ConfigError",
+    "ExecutorUnavailableError",
+    "NoQuorumError",
+    "Policy",
+    "Report",
+    "Tolerance",
+    "VerificationError",
+    "VerificationTimeoutError",
+    "VerifiedActorHandle",
+    "VerifiedClass",
+    "VerifiedFunction",
+    "VerifiedRef",
+    "__version__",
+    "certificate",
+    "current_cluster",
+    "device",
+    "faults",
+    "get",
+    "init",
+    "shutdown",
+    "verified_remote",
+    "verify_certificate",
+    "wait",
+]

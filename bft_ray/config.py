@@ -1,0 +1,247 @@
+"""Validated configuration: tolerances, verification policies and cluster specs.
+
+Everything a user passes to ``@verified_remote`` or ``bft_ray.init`` goes through these pydantic
+models, so bad input fails at once, before any work is submitted, with a message that says how to
+fix it. Errors are re-raised as :class:`bft_ray.errors.ConfigError` (a ``RayError`` and a
+``ValueError``) carrying pydantic's explanation.
+
+Example:
+    >>> from bft_ray.config import Policy, Tolerance
+    >>> Policy(replicas=3, quorum=2, tolerance=Tolerance(rtol=1e-5, atol=1e-6)).quorum
+    2
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bft_ray.errors import ConfigError
+
+__all__ = ["ClusterSpec", "Policy", "Tolerance", "validated"]
+
+M = TypeVar("M", bound=BaseModel)
+
+ToleranceMode = Literal["exact", "allclose", "ulp", "l2"]
+
+
+class Tolerance(BaseModel):
+    """How close two numeric outputs must be to count as the same answer.
+
+    Non-float leaves (integers, booleans, strings, bytes, None) are always compared exactly; the
+    tolerance applies to floating-point (and complex) leaves. Structure, dtype and shape must
+    always match.
+
+    Modes:
+        * ``exact``: bit-for-bit equal.
+        * ``allclose`` (default): elementwise ``|a - b| <= atol + rtol * max(|a|, |b|)``. Unlike
+          ``numpy.allclose`` this is symmetric in ``a`` and ``b``, so agreement never depends on
+          which replica answered first.
+        * ``ulp``: at most ``max_ulps`` representable floats apart, elementwise.
+        * ``l2``: ``||a - b||_2 <= atol + rtol * max(||a||_2, ||b||_2)`` over each leaf.
+
+    NaN equals NaN only when ``equal_nan`` is set; infinities must match in sign.
+
+    Args:
+        mode: One of ``exact``, ``allclose``, ``ulp``, ``l2``.
+        rtol: Relative tolerance (``allclose`` and ``l2``).
+        atol: Absolute tolerance (``allclose`` and ``l2``).
+        max_ulps: Maximum distance in units in the last place (``ulp``).
+        equal_nan: Whether NaN in both outputs at the same place counts as agreement.
+        overrides: Per-leaf tolerances keyed by path pattern (``fnmatch`` glob over paths such
+            as ``"logits"``, ``"layers/0/weight"`` or ``"*/bias"``). The first matching
+            pattern, in insertion order, wins.
+
+    Example:
+        >>> t = Tolerance(rtol=1e-5, atol=1e-6, overrides={"loss": Tolerance(mode="exact")})
+        >>> t.for_path("loss").mode
+        'exact'
+        >>> Tolerance.exact().mode
+        'exact'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: ToleranceMode = "allclose"
+    rtol: float = Field(1e-5, ge=0.0, description="relative tolerance, >= 0")
+    atol: float = Field(1e-8, ge=0.0, description="absolute tolerance, >= 0")
+    max_ulps: int = Field(4, ge=0, description="max units in the last place, >= 0")
+    equal_nan: bool = False
+    overrides: dict[str, Tolerance] = Field(default_factory=dict)
+
+    @classmethod
+    def exact(cls) -> Tolerance:
+        """Bit-for-bit equality."""
+        return cls(mode="exact")
+
+    @classmethod
+    def ulp(cls, max_ulps: int = 4, equal_nan: bool = False) -> Tolerance:
+        """At most ``max_ulps`` representable floats apart."""
+        return cls(mode="ulp", max_ulps=max_ulps, equal_nan=equal_nan)
+
+    @classmethod
+    def l2(cls, rtol: float = 1e-5, atol: float = 0.0) -> Tolerance:
+        """Relative L2-norm distance per leaf."""
+        return cls(mode="l2", rtol=rtol, atol=atol)
+
+    def for_path(self, path: str) -> Tolerance:
+        """Return the tolerance that applies to the leaf at ``path``."""
+        for pattern, tol in self.overrides.items():
+            if fnmatch.fnmatchcase(path, pattern):
+                return tol.for_path(path)
+        return self
+
+    def describe(self) -> str:
+        """A short human-readable form, used in diffs and certificates."""
+        base = {
+            "exact": "exact",
+            "allclose": f"allclose(rtol={self.rtol:g}, atol={self.atol:g})",
+            "ulp": f"ulp(max_ulps={self.max_ulps})",
+            "l2": f"l2(rtol={self.rtol:g}, atol={self.atol:g})",
+        }[self.mode]
+        if self.equal_nan:
+            base += "+equal_nan"
+        if self.overrides:
+            base += " overrides{" + ", ".join(
+                f"{k}: {v.describe()}" for k, v in self.overrides.items()
+            ) + "}"
+        return base
+
+
+class Policy(BaseModel):
+    """How one verified task is replicated and judged.
+
+    Args:
+        replicas: Executors that run each call at first (``r``).
+        quorum: Agreeing outputs needed to accept (``q``); must be a strict majority of
+            ``replicas`` so two different answers can never both be accepted. Defaults to
+            ``replicas // 2 + 1``.
+        tolerance: Numeric tolerance for comparing outputs.
+        max_replicas: Upper bound on executions when replicas disagree and bft-ray escalates by
+            adding replicas. Defaults to ``replicas + 2``.
+        timeout_s: Seconds one replica may take before it counts as stalled and is replaced.
+
+    Example:
+        >>> Policy(replicas=3).quorum
+        2
+        >>> Policy(replicas=5, quorum=4).max_replicas
+        7
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    replicas: int = Field(3, ge=1, description="replicas per call, >= 1")
+    quorum: int | None = Field(None, ge=1)
+    tolerance: Tolerance = Field(default_factory=Tolerance)
+    max_replicas: int | None = Field(None, ge=1)
+    timeout_s: float = Field(300.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _check_quorum(self) -> Policy:
+        r = self.replicas
+        q = self.quorum if self.quorum is not None else r // 2 + 1
+        if q * 2 <= r:
+            raise ValueError(
+                f"quorum={q} is not a strict majority of replicas={r}: two different answers "
+                f"could both be accepted. Use quorum >= {r // 2 + 1} or fewer replicas."
+            )
+        if q > r:
+            raise ValueError(
+                f"quorum={q} exceeds replicas={r}: it could never be reached. "
+                f"Use quorum <= {r} or replicas >= {q}."
+            )
+        m = self.max_replicas if self.max_replicas is not None else r + 2
+        if m < r:
+            raise ValueError(
+                f"max_replicas={m} is below replicas={r}. Use max_replicas >= {r} (or leave it "
+                "unset for replicas + 2)."
+            )
+        object.__setattr__(self, "quorum", q)
+        object.__setattr__(self, "max_replicas", m)
+        return self
+
+    def quorum_for(self, outputs: int) -> int:
+        """Agreeing outputs needed when ``outputs`` valid outputs were compared.
+
+        Escalation adds replicas; the quorum grows with them so it stays a strict majority of
+        what was compared (two disjoint clusters can never both reach it).
+        """
+        return max(int(self.quorum or 1), outputs // 2 + 1)
+
+
+class ClusterSpec(BaseModel):
+    """What ``bft_ray.init`` sets up.
+
+    Args:
+        executors: Number of untrusted executor actors.
+        verifiers: ``1`` for the trusted-verifier mode (one verifier decides). Larger values
+            (``3f + 1``) are reserved for the BFT verifier group.
+        gpus_per_executor: GPUs each executor actor holds (may be fractional, or 0 for CPU-only).
+        cpus_per_executor: CPUs each executor actor reserves.
+        faults: Fault injection, executor index -> behaviour name, spec or object.
+        address: Ray address to join; ``None`` starts a local Ray (or joins ``RAY_ADDRESS``).
+        executor_options: Extra Ray actor options for executors (``runtime_env``, ...).
+        quarantine_below: Trust score under which a flagged executor stops receiving work
+            (``0`` disables quarantine).
+        quarantine_min_tasks: Outcomes an executor must have before it can be quarantined.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    executors: int = Field(4, ge=1)
+    verifiers: int = Field(1, ge=1)
+    gpus_per_executor: float = Field(1.0, ge=0.0)
+    cpus_per_executor: float = Field(1.0, ge=0.0)
+    faults: dict[int, Any] = Field(default_factory=dict)
+    address: str | None = None
+    executor_options: dict[str, Any] = Field(default_factory=dict)
+    quarantine_below: float = Field(0.3, ge=0.0, le=1.0)
+    quarantine_min_tasks: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterSpec:
+        if self.verifiers != 1:
+            f = (self.verifiers - 1) // 3
+            if self.verifiers < 4:
+                raise ValueError(
+                    f"verifiers={self.verifiers}: a BFT group needs n = 3f + 1 >= 4 verifiers "
+                    "to tolerate f >= 1 Byzantine ones. Use verifiers=1 (trusted mode) or >= 4."
+                )
+            raise ValueError(
+                f"verifiers={self.verifiers} (f={f}): the BFT verifier group is not available "
+                "in this version; use verifiers=1 (trusted-verifier mode)."
+            )
+        bad = [i for i in self.faults if not 0 <= i < self.executors]
+        if bad:
+            raise ValueError(
+                f"faults name executor indices {bad} but executors are 0..{self.executors - 1}. "
+                "Use indices inside that range or add executors."
+            )
+        return self
+
+
+def validated(model: type[M], **kwargs: Any) -> M:
+    """Build ``model`` from ``kwargs``, turning pydantic errors into ``ConfigError``.
+
+    Example:
+        >>> try:
+        ...     validated(Policy, replicas=0)
+        ... except ConfigError as e:
+        ...     print(e)
+        Invalid Policy:
+          replicas: Input should be greater than or equal to 1 (got 0)
+    """
+    try:
+        return model(**kwargs)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or model.__name__
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {loc}: {msg} (got {err.get('input')!r})")
+        raise ConfigError(
+            f"Invalid {model.__name__}:\n" + "\n".join(lines),
+            errors=[{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()],
+        ) from None

@@ -1,0 +1,83 @@
+"""Exception hierarchy of bft-ray.
+
+Every error subclasses :class:`ray.exceptions.RayError`, so code that already handles Ray
+failures keeps working, and every message says how to fix the cause.
+
+Errors cross process boundaries (raised in a verifier actor, re-raised in the driver), so each
+one pickles with its message and structured fields intact.
+
+Example:
+    >>> from bft_ray.errors import NoQuorumError, VerificationError
+    >>> issubclass(NoQuorumError, VerificationError)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.exceptions import RayError
+
+__all__ = [
+    "BftRayError",
+    "CertificateError",
+    "ConfigError",
+    "ExecutorUnavailableError",
+    "NoQuorumError",
+    "VerificationError",
+    "VerificationTimeoutError",
+]
+
+
+class BftRayError(RayError):
+    """Base class of all bft-ray errors.
+
+    Args:
+        message: Human-readable explanation, including how to fix the cause.
+        **details: Structured fields (task id, executors, ...) kept for programs.
+    """
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.message, self.details))
+
+
+def _rebuild(cls: type[BftRayError], message: str, details: dict[str, Any]) -> BftRayError:
+    return cls(message, **details)
+
+
+class ConfigError(BftRayError, ValueError):
+    """A configuration (policy, tolerance, cluster spec, option) is invalid.
+
+    Raised at decoration or ``init`` time, before any work is submitted.
+    """
+
+
+class VerificationError(BftRayError):
+    """A verified task could not produce a certified result."""
+
+
+class NoQuorumError(VerificationError):
+    """Replicas disagreed and no agreement cluster reached the quorum.
+
+    The message contains a readable diff of the disagreeing outputs.
+    """
+
+
+class ExecutorUnavailableError(VerificationError):
+    """Not enough live executors to run the required replicas."""
+
+
+class VerificationTimeoutError(VerificationError, TimeoutError):
+    """The verdict was not reached within the allowed time."""
+
+
+class CertificateError(BftRayError):
+    """A certificate failed an offline check (bad signature, too few signers, ...)."""

@@ -1,0 +1,78 @@
+"""Deterministic replica assignment.
+
+The executors of a task are derived from the task id and the set of live executors, never
+chosen freely by whoever schedules (in the BFT mode a Byzantine leader must not be able to
+route a task to its accomplices). Rendezvous (highest-random-weight) hashing gives every task
+its own pseudo-random order of executors, which spreads load evenly and moves few tasks when an
+executor joins or leaves. From that order we take executors on distinct nodes first, so the
+replicas of one task only share a node when there are fewer nodes than replicas.
+
+Example:
+    >>> cands = [Candidate("a", "n1"), Candidate("b", "n1"), Candidate("c", "n2")]
+    >>> picked = assign("task-7", cands, 2)
+    >>> len(picked), len({c.node_id for c in picked})
+    (2, 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Sequence
+
+import blake3
+
+__all__ = ["Candidate", "assign", "rendezvous_order"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A live executor that may receive a replica."""
+
+    executor_id: str
+    node_id: str
+
+
+def rendezvous_order(key: str, candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Candidates sorted by their rendezvous weight for ``key`` (deterministic)."""
+
+    def weight(c: Candidate) -> bytes:
+        return blake3.blake3(f"{key}\x00{c.executor_id}".encode()).digest()
+
+    return sorted(candidates, key=lambda c: (weight(c), c.executor_id))
+
+
+def assign(
+    key: str,
+    candidates: Sequence[Candidate],
+    k: int,
+    exclude: Collection[str] = (),
+    avoid_nodes: Collection[str] = (),
+) -> list[Candidate]:
+    """Pick up to ``k`` distinct executors for ``key``.
+
+    Args:
+        key: Task (or instance) id; the same key and candidates always give the same answer.
+        candidates: Live executors.
+        k: How many to pick.
+        exclude: Executor ids that must not be picked (already ran this task).
+        avoid_nodes: Nodes already holding a replica of this task; used only when no other
+            node is left.
+
+    Returns:
+        At most ``k`` candidates, on distinct nodes whenever enough nodes exist.
+    """
+    order = [c for c in rendezvous_order(key, candidates) if c.executor_id not in exclude]
+    picked: list[Candidate] = []
+    used_nodes = set(avoid_nodes)
+    for c in order:  # first pass: one per node
+        if len(picked) == k:
+            return picked
+        if c.node_id not in used_nodes:
+            picked.append(c)
+            used_nodes.add(c.node_id)
+    for c in order:  # then fill from nodes already used
+        if len(picked) == k:
+            break
+        if c not in picked:
+            picked.append(c)
+    return picked

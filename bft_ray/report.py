@@ -1,0 +1,88 @@
+"""Per-executor reports, as data and as a table.
+
+Example:
+    >>> r = Report([{"executor": "ex0", "tasks": 3, "agreed": 3, "flagged": 0, "trust": 0.8}], {})
+    >>> r.row("ex0")["agreed"]
+    3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Any
+
+__all__ = ["Report"]
+
+_COLUMNS = [
+    ("executor", "executor"),
+    ("node", "node"),
+    ("status", "status"),
+    ("fault", "injected fault"),
+    ("tasks", "tasks"),
+    ("agreed", "agreed"),
+    ("disagreed", "disagreed"),
+    ("invalid", "invalid"),
+    ("crashed", "crashed"),
+    ("timeouts", "timeouts"),
+    ("disputed", "disputed"),
+    ("flagged", "flagged"),
+    ("trust", "trust"),
+]
+
+_OPTIONAL = {"invalid", "crashed", "timeouts", "disputed", "fault"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What the verifier knows about every executor.
+
+    Attributes:
+        executors: One dict per executor incarnation with its counters, status and trust.
+        counters: Verifier-wide counters (calls, accepted, failed, escalations, replacements).
+    """
+
+    executors: list[dict[str, Any]]
+    counters: dict[str, int]
+
+    def row(self, executor_id: str) -> dict[str, Any]:
+        """The row of one executor."""
+        for r in self.executors:
+            if r["executor"] == executor_id:
+                return r
+        raise KeyError(f"no executor {executor_id!r} in the report")
+
+    def by_index(self, index: int) -> list[dict[str, Any]]:
+        """Rows of every incarnation of pool slot ``index``."""
+        return [r for r in self.executors if r.get("index") == index]
+
+    def table(self) -> Any:
+        """A ``rich.table.Table`` of the report."""
+        from rich.table import Table
+
+        table = Table(title="bft-ray executors", title_justify="left")
+        # Rare failure columns only appear when something happened in them.
+        present = [
+            (k, h)
+            for k, h in _COLUMNS
+            if any(k in r for r in self.executors)
+            and (k not in _OPTIONAL or any(r.get(k) for r in self.executors))
+        ]
+        for key, header in present:
+            table.add_column(header, justify="left" if key in ("executor", "node", "status", "fault") else "right")
+        for r in self.executors:
+            style = "red" if r.get("flagged") else None
+            table.add_row(*(str(r.get(k, "")) for k, _ in present), style=style)
+        if self.counters:
+            table.caption = ", ".join(f"{k}={v}" for k, v in self.counters.items())
+        return table
+
+    def __str__(self) -> str:
+        from rich.console import Console
+
+        buf = io.StringIO()
+        Console(file=buf, width=140, force_terminal=False, color_system=None).print(self.table())
+        return buf.getvalue().rstrip()
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython / Jupyter
+        p.text(str(self))

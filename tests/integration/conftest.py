@@ -1,0 +1,33 @@
+"""Integration fixtures: one Ray per test module, small and capped for a 2-core machine."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import ray
+
+import bft_ray
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def start_ray(num_cpus: int = 8, num_gpus: int = 8) -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        include_dashboard=False,
+        object_store_memory=300 * 1024 * 1024,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def ray_module():
+    start_ray()
+    yield
+    bft_ray.shutdown()
+    ray.shutdown()

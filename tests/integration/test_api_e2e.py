@@ -1,0 +1,225 @@
+"""The public API end to end on a local Ray with four (logical) GPU executors, all honest."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+import bft_ray
+from bft_ray.errors import CertificateError
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_module):
+    c = bft_ray.init(executors=4)
+    yield c
+    c.shutdown()
+
+
+@bft_ray.verified_remote(replicas=3, quorum=2, num_gpus=1, tolerance=bft_ray.Tolerance(rtol=1e-5, atol=1e-6))
+def matmul(a, b):
+    return a @ b
+
+
+@bft_ray.verified_remote(replicas=3)
+def mlp_forward(seed: int, batch: int):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    x = torch.randn(batch, 16)
+    with torch.no_grad():
+        logits = model(x.to(bft_ray.device()))
+    return {"logits": logits, "argmax": logits.argmax(dim=1)}
+
+
+@bft_ray.verified_remote(replicas=3)
+def where_am_i():
+    import os
+
+    # Each executor sees its own GPU id, so report only whether one is set.
+    return {"has_gpu_id": bool(os.environ.get("CUDA_VISIBLE_DEVICES")), "device": str(bft_ray.device())}
+
+
+def test_honest_calls_return_the_value_and_a_valid_certificate(cluster):
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((40, 30)), rng.standard_normal((30, 20))
+    ref = matmul.remote(a, b)
+    value = bft_ray.get(ref, timeout=60)
+    np.testing.assert_allclose(value, a @ b)
+    cert = bft_ray.certificate(ref)
+    assert cert.task_id == ref.task_id and cert.quorum == 2 and len(cert.agreeing) >= 2
+    assert bft_ray.verify_certificate(cert, cluster.verifier_keys(), value=value)
+    assert bft_ray.verify_certificate(cert, cluster.verifier_keys(), executor_keys=cluster.executor_keys().values())
+    # The replicas ran on distinct executors.
+    assert len(set(cert.signers)) == len(cert.signers)
+
+
+def test_certificate_checks_fail_on_tampering(cluster):
+    ref = matmul.remote(np.eye(3), np.ones((3, 3)))
+    value = bft_ray.get(ref)
+    cert = bft_ray.certificate(ref)
+    keys = cluster.verifier_keys()
+    assert not bft_ray.verify_certificate(cert, keys, value=value + 1)  # another value
+    assert not bft_ray.verify_certificate(dataclasses.replace(cert, quorum=1), keys)  # edited body
+    assert not bft_ray.verify_certificate(cert, [b"\x00" * 32])  # unknown verifier
+    forged = dataclasses.replace(cert.agreeing[0], digest=b"\x01" * 32)
+    with pytest.raises(CertificateError):
+        bft_ray.verify_certificate(
+            dataclasses.replace(cert, agreeing=(forged, *cert.agreeing[1:])), keys, raise_on_failure=True
+        )
+
+
+def test_plain_object_ref_resolves_to_the_verified_value(cluster):
+    ref = matmul.remote(np.eye(2), np.full((2, 2), 3.0))
+    np.testing.assert_array_equal(ray.get(ref.ref), np.full((2, 2), 3.0))
+
+    @ray.remote
+    def consume(x):
+        return float(x.sum())
+
+    # The value ref feeds ordinary Ray tasks, which only ever see the verified value.
+    assert ray.get(consume.remote(ref.ref)) == 12.0
+
+
+def test_torch_outputs_and_cpu_fallback(cluster):
+    value = bft_ray.get(mlp_forward.remote(7, 5), timeout=60)
+    assert isinstance(value["logits"], torch.Tensor) and value["logits"].shape == (5, 4)
+    info = bft_ray.get(where_am_i.remote())
+    assert info["has_gpu_id"]  # Ray assigned a (logical) GPU ...
+    assert info["device"] == "cpu"  # ... but there is no device behind it here.
+
+
+def test_wait_splits_ready_and_pending(cluster):
+    refs = [matmul.remote(np.eye(2) * i, np.eye(2)) for i in range(4)]
+    ready, pending = bft_ray.wait(refs, num_returns=4, timeout=60)
+    assert ready == refs and pending == []
+    ready, pending = bft_ray.wait(refs, num_returns=1)
+    assert len(ready) >= 1 and len(ready) + len(pending) == 4
+
+
+def test_verified_ref_is_awaitable_inside_an_async_actor(cluster):
+    @ray.remote
+    class Consumer:
+        async def total(self, boxed):
+            values = await asyncio.gather(*boxed)
+            return float(sum(v.sum() for v in values))
+
+    refs = [matmul.remote(np.eye(2), np.full((2, 2), float(i))) for i in range(3)]
+    consumer = Consumer.remote()
+    assert ray.get(consumer.total.remote(refs)) == pytest.approx(4 * (0 + 1 + 2))
+
+
+def test_verified_ref_is_awaitable_in_driver_asyncio(cluster):
+    async def main():
+        return await matmul.remote(np.eye(2), np.eye(2))
+
+    np.testing.assert_array_equal(asyncio.run(main()), np.eye(2))
+
+
+def test_stateful_class_replicas_stay_in_step(cluster):
+    @bft_ray.verified_remote(replicas=3)
+    class Accumulator:
+        def __init__(self, start):
+            self.total = np.asarray(start, dtype=np.float64)
+
+        def add(self, x):
+            self.total = self.total + x
+            return self.total.copy()
+
+    acc = Accumulator.remote([0.0, 0.0])
+    refs = [acc.add.remote(np.array([i, 2 * i], dtype=np.float64)) for i in range(25)]
+    values = bft_ray.get(refs, timeout=120)
+    expected = np.cumsum([[i, 2 * i] for i in range(25)], axis=0)
+    np.testing.assert_array_equal(np.stack(values), expected)  # order preserved on every replica
+    holders = acc.holders()
+    assert len(set(holders)) == 3
+
+
+def test_user_exception_propagates_like_ray(cluster):
+    @bft_ray.verified_remote(replicas=3)
+    def boom(x):
+        raise ValueError(f"bad input {x}")
+
+    with pytest.raises(ValueError, match="bad input 3"):
+        bft_ray.get(boom.remote(3), timeout=60)
+
+
+def test_constructor_exception_propagates(cluster):
+    @bft_ray.verified_remote(replicas=2)
+    class Broken:
+        def __init__(self):
+            raise RuntimeError("no weights")
+
+        def f(self):
+            return 1
+
+    handle = Broken.remote()
+    with pytest.raises(RuntimeError, match="no weights"):
+        bft_ray.get(handle.f.remote(), timeout=60)
+
+
+def test_escalation_adds_replicas_until_a_quorum(cluster):
+    # Replica 0 of 2 answers wrongly in a way only this function can: outputs depend on which
+    # executor runs them, so two replicas disagree and escalation must add a third to decide.
+    cluster.inject_fault(3, "zeros")
+    try:
+        @bft_ray.verified_remote(replicas=2, quorum=2, max_replicas=4)
+        def ones(n):
+            return np.ones(n)
+
+        refs = [ones.remote(4) for _ in range(8)]
+        for v in bft_ray.get(refs, timeout=60):
+            np.testing.assert_array_equal(v, np.ones(4))
+        assert cluster.report().counters["escalations"] >= 1
+    finally:
+        cluster.inject_fault(3, "honest")
+
+
+def test_options_override_policy_and_pass_ray_options(cluster):
+    f = matmul.options(replicas=4, quorum=3, name="matmul-x4")
+    assert f.policy.replicas == 4 and f.policy.quorum == 3
+    cert = bft_ray.certificate(f.remote(np.eye(2), np.eye(2)))
+    assert cert.quorum >= 3
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(replicas=5), "replicas=5 but the pool has 4 executors"),
+        (dict(num_gpus=2), "num_gpus=2 but each executor holds 1"),
+        (dict(num_cpus=4), "num_cpus=4 but each executor holds 1"),
+    ],
+)
+def test_config_that_does_not_fit_the_pool_fails_at_decoration(cluster, options, match):
+    with pytest.raises(bft_ray.ConfigError, match=match):
+        bft_ray.verified_remote(**options)(lambda x: x)
+
+
+def test_second_init_is_refused(cluster):
+    with pytest.raises(bft_ray.ConfigError, match="already called"):
+        bft_ray.init(executors=2)
+
+
+def test_direct_call_is_an_error(cluster):
+    with pytest.raises(TypeError, match=r"matmul.remote\(\)"):
+        matmul(np.eye(2), np.eye(2))
+
+
+def test_timeout_on_get_raises_verification_timeout(cluster):
+    @bft_ray.verified_remote(replicas=2)
+    def sleepy():
+        import time
+
+        time.sleep(3)
+        return 1
+
+    ref = sleepy.remote()
+    with pytest.raises(bft_ray.VerificationTimeoutError):
+        bft_ray.get(ref, timeout=0.2)
+    assert bft_ray.get(ref, timeout=60) == 1
