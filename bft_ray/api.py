@@ -638,8 +638,18 @@ class VerifiedActorHandle:
         self.instance_id = call.task_id
 
     def holders(self, timeout: float | None = None) -> list[str]:
-        """Executor ids holding the replicas (blocks until the instance is created)."""
-        return get(self._ready, timeout=timeout)
+        """Executor ids holding healthy replicas now (blocks until the instance is created).
+
+        Replicas that crashed or diverged are replaced by new ones that replay the call log.
+        """
+        return self.info(timeout)["holders"]
+
+    def info(self, timeout: float | None = None) -> dict[str, Any]:
+        """Holders and the number of replicas rebuilt so far (``repairs``)."""
+        try:
+            return ray.get(self._cluster._verifier.instance_info.remote(self.instance_id, [self._ready]), timeout=timeout)
+        except ray.exceptions.RayTaskError as exc:
+            raise _unwrap(exc) from None
 
     def __getattr__(self, name: str) -> _VerifiedMethod:
         if name.startswith("_"):

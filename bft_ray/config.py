@@ -27,7 +27,34 @@ M = TypeVar("M", bound=BaseModel)
 ToleranceMode = Literal["exact", "allclose", "ulp", "l2"]
 
 
-class Tolerance(BaseModel):
+def _config_error(model: str, exc: ValidationError) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or model
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc}: {msg} (got {err.get('input')!r})")
+    return ConfigError(
+        f"Invalid {model}:\n" + "\n".join(lines),
+        errors=[{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()],
+    )
+
+
+class _Model(BaseModel):
+    """Base of our config models: validation errors surface as :class:`ConfigError`.
+
+    ``ConfigError`` is both a ``ray.exceptions.RayError`` (like every bft-ray error) and a
+    ``ValueError`` (like pydantic's own error), and its message lists each bad field with the
+    value that was given.
+    """
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _config_error(type(self).__name__, exc) from None
+
+
+class Tolerance(_Model):
     """How close two numeric outputs must be to count as the same answer.
 
     Non-float leaves (integers, booleans, strings, bytes, None) are always compared exactly; the
@@ -110,7 +137,7 @@ class Tolerance(BaseModel):
         return base
 
 
-class Policy(BaseModel):
+class Policy(_Model):
     """How one verified task is replicated and judged.
 
     Args:
@@ -171,7 +198,7 @@ class Policy(BaseModel):
         return max(int(self.quorum or 1), outputs // 2 + 1)
 
 
-class ClusterSpec(BaseModel):
+class ClusterSpec(_Model):
     """What ``bft_ray.init`` sets up.
 
     Args:
@@ -223,7 +250,7 @@ class ClusterSpec(BaseModel):
 
 
 def validated(model: type[M], **kwargs: Any) -> M:
-    """Build ``model`` from ``kwargs``, turning pydantic errors into ``ConfigError``.
+    """Build ``model`` from ``kwargs``; invalid input raises :class:`ConfigError`.
 
     Example:
         >>> try:
@@ -235,13 +262,5 @@ def validated(model: type[M], **kwargs: Any) -> M:
     """
     try:
         return model(**kwargs)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or model.__name__
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  {loc}: {msg} (got {err.get('input')!r})")
-        raise ConfigError(
-            f"Invalid {model.__name__}:\n" + "\n".join(lines),
-            errors=[{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()],
-        ) from None
+    except ValidationError as exc:  # models not derived from _Model
+        raise _config_error(model.__name__, exc) from None

@@ -68,6 +68,8 @@ class Report:
             if any(k in r for r in self.executors)
             and (k not in _OPTIONAL or any(r.get(k) for r in self.executors))
         ]
+        if len({r.get("node") for r in self.executors}) <= 1:
+            present = [(k, h) for k, h in present if k != "node"]  # one node: nothing to tell apart
         for key, header in present:
             table.add_column(header, justify="left" if key in ("executor", "node", "status", "fault") else "right")
         for r in self.executors:

@@ -202,6 +202,12 @@ def _allclose_fast(x: np.ndarray, y: np.ndarray, rtol: float, atol: float, equal
     t_buf = np.empty(m, buf_dt)
     u_buf = np.empty(m, buf_dt)
     o_buf = np.empty(m, np.bool_)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _allclose_chunks(x, y, rtol, atol, equal_nan, real, d_buf, t_buf, u_buf, o_buf)
+
+
+def _allclose_chunks(x, y, rtol, atol, equal_nan, real, d_buf, t_buf, u_buf, o_buf) -> bool:  # noqa: ANN001
+    n = x.size
     for s in range(0, n, CHUNK):
         xs, ys = x[s : s + CHUNK], y[s : s + CHUNK]
         k = xs.size

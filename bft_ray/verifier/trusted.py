@@ -91,12 +91,28 @@ def _error_canonical(exc: BaseException) -> Canonical:
 
 @dataclasses.dataclass
 class _Instance:
+    """A replicated instance: who holds replicas, and the log needed to build a new one.
+
+    Honest replicas of a deterministic class hold the same state because they ran the same
+    constructor and the same calls in the same order. So a replica lost to a crash or a
+    divergence is repaired by building a fresh one on a spare executor and replaying the log,
+    as in state machine replication. The log is bounded (``max_log``); past it, lost replicas
+    are no longer repaired.
+    """
+
     instance_id: str
     name: str
     policy: Policy
     holders: list[str]
+    cls_ref: Any = None
+    ctor_args: list = dataclasses.field(default_factory=list)
+    ctor_kwargs: dict = dataclasses.field(default_factory=dict)
+    log: list | None = dataclasses.field(default_factory=list)  # (method, args, kwargs)
+    ever_used: set = dataclasses.field(default_factory=set)
     next_seq: int = 0
     cond: asyncio.Condition = dataclasses.field(default_factory=asyncio.Condition)
+    max_log: int = 10_000
+    repairs: int = 0
 
 
 Invoke = Callable[[Any, TaskSpec], tuple[Any, Any]]
@@ -197,7 +213,9 @@ class TrustedVerifier:
                 f"(quorum {quorum}); executors crashed or stalled. Add executors.",
                 placed=holders,
             )
-        self.instances[call.task_id] = _Instance(call.task_id, call.name, policy, holders)
+        self.instances[call.task_id] = _Instance(
+            call.task_id, call.name, policy, holders, cls_box[0], list(args), dict(kwargs), ever_used=set(tried)
+        )
         return holders
 
     async def call_method(
@@ -229,8 +247,13 @@ class TrustedVerifier:
         async with inst.cond:
             await inst.cond.wait_for(lambda: inst.next_seq == seq)
             try:
+                self._repair(inst)
                 rep = _Replication(self, call, invoke, instance=inst)
                 rep.start([self.pool.by_id[h] for h in rep.live_holders()])
+                if inst.log is not None:
+                    inst.log.append((method, args, kwargs))
+                    if len(inst.log) > inst.max_log:
+                        inst.log = None  # too long to replay: stop repairing this instance
             finally:
                 inst.next_seq += 1
                 inst.cond.notify_all()
@@ -264,6 +287,36 @@ class TrustedVerifier:
         self._verdicts[task_id] = result
         while len(self._verdicts) > self.keep_certificates:
             self._verdicts.popitem(last=False)
+
+    async def instance_info(self, instance_id: str, ready_box: list) -> dict[str, Any]:
+        """Current holders and repair count of a replicated instance."""
+        await _as_future(ready_box[0])
+        inst = self.instances[instance_id]
+        return {"holders": list(inst.holders), "repairs": inst.repairs}
+
+    def _repair(self, inst: _Instance) -> None:
+        """Replace lost replicas of ``inst`` by fresh ones that replay its call log.
+
+        Runs under the instance's lock, before a call is dispatched, and only submits work, so
+        the constructor and the replayed calls reach the new executor before any later call.
+        """
+        inst.holders = [h for h in inst.holders if self.pool.is_alive(h)]
+        while inst.log is not None and len(inst.holders) < inst.policy.replicas:
+            nodes = {self.pool.node_of(h) for h in inst.holders}
+            spare = self.pool.pick(inst.instance_id, 1, inst.ever_used, nodes)
+            if not spare:
+                return
+            slot = spare[0]
+            eid = slot.info.executor_id
+            inst.ever_used.add(eid)
+            slot.handle.create_instance.remote(inst.instance_id, inst.cls_ref, *inst.ctor_args, **inst.ctor_kwargs)
+            for seq, (method, args, kwargs) in enumerate(inst.log):
+                # Replayed answers are discarded: only the state they leave behind matters.
+                spec = TaskSpec(f"{inst.instance_id}/{seq}", -1, f"{inst.name}.{method} (replay)")
+                slot.handle.call.options(num_returns=2).remote(spec, inst.instance_id, method, *args, **kwargs)
+            inst.holders.append(eid)
+            inst.repairs += 1
+            logger.info("%s: new replica on %s after replaying %d calls", inst.instance_id, eid, len(inst.log))
 
     async def drop_instance(self, instance_id: str) -> None:
         inst = self.instances.pop(instance_id, None)
