@@ -154,11 +154,11 @@ class BftCluster:
         self.closed = True
         try:
             ray.get(self._verifier.shutdown.remote(), timeout=30)
-        except Exception as exc:  # noqa: BLE001 - best effort, keep tearing down
+        except Exception as exc:
             logger.debug("verifier shutdown: %s", exc)
         try:
             ray.kill(self._verifier, no_restart=True)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         with _lock:
             if _cluster is self:
@@ -242,7 +242,9 @@ def init(
     for spec_value in spec.faults.values():
         fault_lib.resolve(spec_value)  # unknown names fail here, in the driver
     if spec.executor_options:
-        bad = set(spec.executor_options) & (_RETRY_OPTIONS | {"num_gpus", "num_cpus", "max_concurrency"})
+        bad = set(spec.executor_options) & (
+            _RETRY_OPTIONS | {"num_gpus", "num_cpus", "max_concurrency"}
+        )
         if bad:
             raise ConfigError(
                 f"executor_options {sorted(bad)} are managed by bft-ray (retries stay off so "
@@ -271,9 +273,12 @@ def init(
                 if not present and num_gpus:
                     logger.info(
                         "no GPU found: declaring %s logical GPUs for %d executors; work runs on the CPU",
-                        num_gpus, spec.executors,
+                        num_gpus,
+                        spec.executors,
                     )
-            cpus = num_cpus or max(os.cpu_count() or 1, math.ceil(spec.executors * spec.cpus_per_executor) + 2)
+            cpus = num_cpus or max(
+                os.cpu_count() or 1, math.ceil(spec.executors * spec.cpus_per_executor) + 2
+            )
             ray_init_kwargs.setdefault("include_dashboard", False)
             ray.init(
                 num_cpus=cpus,
@@ -469,7 +474,9 @@ def _check_ray_options(target: Any, ray_options: dict[str, Any]) -> dict[str, An
     try:
         ray.remote(**ray_options)(target)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"invalid Ray option for {getattr(target, '__qualname__', target)}: {exc}") from None
+        raise ConfigError(
+            f"invalid Ray option for {getattr(target, '__qualname__', target)}: {exc}"
+        ) from None
     retry = sorted(set(ray_options) & _RETRY_OPTIONS)
     if retry:
         raise ConfigError(
@@ -485,7 +492,9 @@ def _check_ray_options(target: Any, ray_options: dict[str, Any]) -> dict[str, An
     return {k: v for k, v in ray_options.items() if k in _CALL_OPTIONS}
 
 
-def _check_fits(policy: Policy, ray_options: dict[str, Any], cluster: BftCluster, what: str) -> None:
+def _check_fits(
+    policy: Policy, ray_options: dict[str, Any], cluster: BftCluster, what: str
+) -> None:
     spec = cluster.spec
     if policy.replicas > spec.executors:
         raise ConfigError(
@@ -568,7 +577,9 @@ class VerifiedFunction:
         """Submit a verified call; returns immediately with a :class:`VerifiedRef`."""
         cluster = current_cluster()
         _check_fits(self.policy, self._ray_options, cluster, self.__qualname__)
-        call = CallSpec(_new_task_id(self.__name__), self.__qualname__, self.policy, self._call_options)
+        call = CallSpec(
+            _new_task_id(self.__name__), self.__qualname__, self.policy, self._call_options
+        )
         a, kw = _prepare_args(cluster, args, kwargs)
         value_ref = cluster._verifier.submit.remote(call, [cluster._put(self._fn)], a, kw)
         return VerifiedRef(value_ref, call.task_id, call.name, cluster._verifier)
@@ -607,7 +618,9 @@ class VerifiedClass:
         """Create a replicated instance; returns at once with its handle."""
         cluster = current_cluster()
         _check_fits(self.policy, self._ray_options, cluster, self.__qualname__)
-        call = CallSpec(_new_task_id(self.__name__), self.__qualname__, self.policy, self._call_options)
+        call = CallSpec(
+            _new_task_id(self.__name__), self.__qualname__, self.policy, self._call_options
+        )
         a, kw = _prepare_args(cluster, args, kwargs)
         ready = cluster._verifier.create_instance.remote(call, [cluster._put(self._cls)], a, kw)
         return VerifiedActorHandle(cluster, self._cls, call, ready)
@@ -647,7 +660,10 @@ class VerifiedActorHandle:
     def info(self, timeout: float | None = None) -> dict[str, Any]:
         """Holders and the number of replicas rebuilt so far (``repairs``)."""
         try:
-            return ray.get(self._cluster._verifier.instance_info.remote(self.instance_id, [self._ready]), timeout=timeout)
+            return ray.get(
+                self._cluster._verifier.instance_info.remote(self.instance_id, [self._ready]),
+                timeout=timeout,
+            )
         except ray.exceptions.RayTaskError as exc:
             raise _unwrap(exc) from None
 
@@ -685,7 +701,9 @@ class _VerifiedMethod:
         return self._handle._submit(self._name, args, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(f"Verified methods cannot be called directly; use '.{self._name}.remote()'.")
+        raise TypeError(
+            f"Verified methods cannot be called directly; use '.{self._name}.remote()'."
+        )
 
 
 @overload
@@ -737,11 +755,12 @@ def verified_remote(fn_or_cls: Any = None, **options: Any) -> Any:
             return VerifiedClass(target, options)
         if callable(target):
             return VerifiedFunction(target, options)
-        raise TypeError(f"@verified_remote applies to functions and classes, not {type(target).__qualname__}")
+        raise TypeError(
+            f"@verified_remote applies to functions and classes, not {type(target).__qualname__}"
+        )
 
     if fn_or_cls is not None:
         if options:
             raise TypeError("use @verified_remote or @verified_remote(**options), not both")
         return wrap(fn_or_cls)
     return wrap
-

@@ -131,9 +131,11 @@ class Tolerance(_Model):
         if self.equal_nan:
             base += "+equal_nan"
         if self.overrides:
-            base += " overrides{" + ", ".join(
-                f"{k}: {v.describe()}" for k, v in self.overrides.items()
-            ) + "}"
+            base += (
+                " overrides{"
+                + ", ".join(f"{k}: {v.describe()}" for k, v in self.overrides.items())
+                + "}"
+            )
         return base
 
 

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import struct
 
 from cryptography.exceptions import InvalidSignature
@@ -36,10 +37,16 @@ class SigningKey:
         raise TypeError("signing keys never leave their process")
 
 
+@functools.lru_cache(maxsize=4096)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    # Parsing a key costs about as much as a verification; the same few keys sign everything.
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
     """Whether ``signature`` is a valid Ed25519 signature of ``message`` under ``public_key``."""
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+        _public_key(bytes(public_key)).verify(signature, message)
     except (InvalidSignature, ValueError):
         return False
     return True

@@ -91,7 +91,9 @@ class FaultContext:
     def rng(self, salt: str = "") -> np.random.Generator:
         """A generator seeded by this call, so corruption replays exactly."""
         key = f"{self.seed}/{self.executor_index}/{self.task_id}/{self.attempt}/{salt}"
-        return np.random.default_rng(int.from_bytes(blake3.blake3(key.encode()).digest()[:8], "little"))
+        return np.random.default_rng(
+            int.from_bytes(blake3.blake3(key.encode()).digest()[:8], "little")
+        )
 
 
 class Behaviour:
@@ -112,7 +114,9 @@ class Behaviour:
 
     def __repr__(self) -> str:
         # Short and readable for report tables: positional values, defaults (None) left out.
-        fields = ", ".join(repr(v) for k, v in vars(self).items() if not k.startswith("_") and v is not None)
+        fields = ", ".join(
+            repr(v) for k, v in vars(self).items() if not k.startswith("_") and v is not None
+        )
         return f"{self.name}({fields})" if fields else self.name
 
 
@@ -134,11 +138,17 @@ def _map_numeric(output: Any, fn: Callable[[np.ndarray], np.ndarray], floats_onl
                 return fn(x.copy())
             return x
         if isinstance(x, float) or (isinstance(x, int) and not floats_only):
-            return type(x)(fn(np.asarray(x, dtype=np.float64 if isinstance(x, float) else np.int64)).item())
+            return type(x)(
+                fn(np.asarray(x, dtype=np.float64 if isinstance(x, float) else np.int64)).item()
+            )
         if type(x).__module__.startswith("torch"):
             import torch
 
-            if isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex() or (not floats_only and x.dtype != torch.bool)):
+            if isinstance(x, torch.Tensor) and (
+                x.is_floating_point()
+                or x.is_complex()
+                or (not floats_only and x.dtype != torch.bool)
+            ):
                 wide = x.detach().cpu()
                 narrow = wide.dtype
                 if narrow == torch.bfloat16 or "float8" in str(narrow):
@@ -272,7 +282,9 @@ class Crash(Behaviour):
     def corrupt(self, output: Any, ctx: FaultContext) -> Any:
         self._seen += 1
         if self._seen > self.after:
-            logger.warning("fault injection: executor %d crashes on %s", ctx.executor_index, ctx.task_id)
+            logger.warning(
+                "fault injection: executor %d crashes on %s", ctx.executor_index, ctx.task_id
+            )
             os._exit(1)
         return output
 

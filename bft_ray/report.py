@@ -71,7 +71,10 @@ class Report:
         if len({r.get("node") for r in self.executors}) <= 1:
             present = [(k, h) for k, h in present if k != "node"]  # one node: nothing to tell apart
         for key, header in present:
-            table.add_column(header, justify="left" if key in ("executor", "node", "status", "fault") else "right")
+            table.add_column(
+                header,
+                justify="left" if key in ("executor", "node", "status", "fault") else "right",
+            )
         for r in self.executors:
             style = "red" if r.get("flagged") else None
             table.add_row(*(str(r.get(k, "")) for k, _ in present), style=style)

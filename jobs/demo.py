@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=50, help="verified calls to run (default 50)")
     parser.add_argument("--executors", type=int, default=4)
-    parser.add_argument("--gpus-per-executor", type=float, default=1.0, help="0 on a cluster without GPUs")
+    parser.add_argument(
+        "--gpus-per-executor", type=float, default=1.0, help="0 on a cluster without GPUs"
+    )
     parser.add_argument("--wave", type=int, default=5, help="calls in flight at once")
     args = parser.parse_args(argv)
     if args.executors < 4:
@@ -67,21 +69,30 @@ def main(argv: list[str] | None = None) -> int:
     cluster = bft_ray.init(
         executors=args.executors,
         gpus_per_executor=args.gpus_per_executor,
-        faults={2: bft_ray.faults.gaussian_noise(0.05), 3: bft_ray.faults.intermittent(0.3, "bitflip")},
+        faults={
+            2: bft_ray.faults.gaussian_noise(0.05),
+            3: bft_ray.faults.intermittent(0.3, "bitflip"),
+        },
         num_cpus=max(8, args.executors + 2),
         object_store_memory=512 * 1024**2,
     )
     matmul_ = matmul.options(num_gpus=args.gpus_per_executor)
     classifier = Classifier.options(num_gpus=args.gpus_per_executor).remote(seed=0)
     reference = make_mlp(0).eval()
-    console.print(f"[bold]bft-ray demo[/]: {args.executors} executors, executor 2 adds noise, executor 3 flips bits")
+    console.print(
+        f"[bold]bft-ray demo[/]: {args.executors} executors, executor 2 adds noise, executor 3 flips bits"
+    )
 
     rng = np.random.default_rng(0)
     accepted = refused = wrong = 0
     example = None
     with Progress(
-        TextColumn("verified calls"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(), console=console,
+        TextColumn("verified calls"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
     ) as progress:
         bar = progress.add_task("calls", total=args.tasks, status="")
         done = 0
@@ -109,14 +120,19 @@ def main(argv: list[str] | None = None) -> int:
                     wrong += not ok
                     example = example or ref
                 done += 1
-                progress.update(bar, advance=1, status=f"accepted {accepted}, refused {refused}, wrong {wrong}")
+                progress.update(
+                    bar, advance=1, status=f"accepted {accepted}, refused {refused}, wrong {wrong}"
+                )
 
     report = cluster.report()
     console.print(report.table())
     cert = bft_ray.certificate(example)
     console.print(cert.summary())
     valid = bft_ray.verify_certificate(
-        cert, cluster.verifier_keys(), executor_keys=cluster.executor_keys().values(), value=bft_ray.get(example)
+        cert,
+        cluster.verifier_keys(),
+        executor_keys=cluster.executor_keys().values(),
+        value=bft_ray.get(example),
     )
     console.print(f"certificate verifies offline: [bold]{valid}[/]")
     elapsed = time.perf_counter() - start
@@ -126,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     cluster.shutdown()
     if wrong or not valid:
-        console.print("[bold red]FAILED: a wrong value was accepted or the certificate did not verify")
+        console.print(
+            "[bold red]FAILED: a wrong value was accepted or the certificate did not verify"
+        )
         return 1
     return 0
 

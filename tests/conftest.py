@@ -13,9 +13,15 @@ from hypothesis import HealthCheck, settings
 
 # Hypothesis: a fast deterministic profile for `make test`, a thorough one for `make test-full`.
 settings.register_profile(
-    "ci", max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+    "ci",
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
 )
-settings.register_profile("full", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "full", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile("full" if os.environ.get("BFT_RAY_FULL") else "ci")
 
 FULL = bool(os.environ.get("BFT_RAY_FULL"))

@@ -91,7 +91,8 @@ def cluster_outputs(
         k: v if isinstance(v, Canonical) else canonicalize(v) for k, v in outputs.items()
     }
     dig: dict[str, bytes] = {
-        k: (digests[k] if digests and k in digests else digest_canonical(c)) for k, c in canon.items()
+        k: (digests[k] if digests and k in digests else digest_canonical(c))
+        for k, c in canon.items()
     }
     keys = sorted(canon, key=lambda k: (dig[k], k))
     by_digest: dict[bytes, Canonical] = {}
@@ -106,7 +107,9 @@ def cluster_outputs(
             return True
         pair = (di, dj) if di < dj else (dj, di)
         if pair not in cache:
-            cache[pair] = compare(by_digest[pair[0]], by_digest[pair[1]], tolerance, detail=False).agree
+            cache[pair] = compare(
+                by_digest[pair[0]], by_digest[pair[1]], tolerance, detail=False
+            ).agree
         return cache[pair]
 
     remaining = list(keys)

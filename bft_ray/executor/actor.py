@@ -72,6 +72,7 @@ class ExecutorActor:
         self.seed = seed
         self._key = SigningKey.generate()
         self._instances: dict[str, Any] = {}
+        self._functions: dict[str, Any] = {}
 
     def info(self) -> ExecutorInfo:
         ctx = ray.get_runtime_context()
@@ -91,13 +92,32 @@ class ExecutorActor:
         start = time.perf_counter()
         output = compute()
         output = self.behaviour.corrupt(output, ctx)
-        att = Attestation.create(self._key, spec.task_id, spec.attempt, self.executor_id, digest(output))
-        logger.debug("%s answered %s in %.3fs", self.executor_id, spec.task_id, time.perf_counter() - start)
+        att = Attestation.create(
+            self._key, spec.task_id, spec.attempt, self.executor_id, digest(output)
+        )
+        logger.debug(
+            "%s answered %s in %.3fs", self.executor_id, spec.task_id, time.perf_counter() - start
+        )
         return output, att
 
-    def run(self, spec: TaskSpec, fn: Any, /, *args: Any, **kwargs: Any) -> tuple[Any, Attestation]:
-        """Run ``fn(*args, **kwargs)``; returns ``(output, attestation)`` (``num_returns=2``)."""
-        return self._answer(spec, lambda: fn(*args, **kwargs))
+    def run(
+        self, spec: TaskSpec, fn_key: str, fn: Any, /, *args: Any, **kwargs: Any
+    ) -> tuple[Any, Attestation]:
+        """Run the function ``fn_key`` on ``(*args, **kwargs)``; returns ``(output, attestation)``.
+
+        The function object travels once per executor: the verifier passes it (``fn``) on the
+        first call and ``None`` afterwards, and the executor keeps it under ``fn_key``. That
+        saves fetching and unpickling it on every call.
+        """
+        if fn is not None:
+            self._functions[fn_key] = fn
+        try:
+            func = self._functions[fn_key]
+        except KeyError:
+            raise KeyError(
+                f"executor {self.executor_id} has no function {fn_key!r} (never sent)"
+            ) from None
+        return self._answer(spec, lambda: func(*args, **kwargs))
 
     def create_instance(self, instance_id: str, cls: Any, /, *args: Any, **kwargs: Any) -> str:
         """Construct a replica of a user class instance and keep it under ``instance_id``."""

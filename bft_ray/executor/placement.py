@@ -1,11 +1,12 @@
 """Deterministic replica assignment.
 
-The executors of a task are derived from the task id and the set of live executors, never
-chosen freely by whoever schedules (in the BFT mode a Byzantine leader must not be able to
-route a task to its accomplices). Rendezvous (highest-random-weight) hashing gives every task
-its own pseudo-random order of executors, which spreads load evenly and moves few tasks when an
-executor joins or leaves. From that order we take executors on distinct nodes first, so the
-replicas of one task only share a node when there are fewer nodes than replicas.
+The executors of a task are derived from the task id, the set of live executors and their
+current load, never chosen freely by whoever schedules (in the BFT mode a Byzantine leader must
+not be able to route a task to its accomplices). Rendezvous (highest-random-weight) hashing
+gives every task its own pseudo-random order of executors; a stable sort by load then prefers
+idle executors, so a burst of calls spreads evenly instead of queueing where the hash happened
+to point, and ties keep the hash order. From that order we take executors on distinct nodes
+first, so the replicas of one task only share a node when there are fewer nodes than replicas.
 
 Example:
     >>> cands = [Candidate("a", "n1"), Candidate("b", "n1"), Candidate("c", "n2")]
@@ -17,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import blake3
 
@@ -47,6 +48,7 @@ def assign(
     k: int,
     exclude: Collection[str] = (),
     avoid_nodes: Collection[str] = (),
+    load: Mapping[str, int] | None = None,
 ) -> list[Candidate]:
     """Pick up to ``k`` distinct executors for ``key``.
 
@@ -57,11 +59,14 @@ def assign(
         exclude: Executor ids that must not be picked (already ran this task).
         avoid_nodes: Nodes already holding a replica of this task; used only when no other
             node is left.
+        load: Calls in flight per executor id; less loaded executors come first.
 
     Returns:
         At most ``k`` candidates, on distinct nodes whenever enough nodes exist.
     """
     order = [c for c in rendezvous_order(key, candidates) if c.executor_id not in exclude]
+    if load:
+        order.sort(key=lambda c: load.get(c.executor_id, 0))  # stable: ties keep hash order
     picked: list[Candidate] = []
     used_nodes = set(avoid_nodes)
     for c in order:  # first pass: one per node

@@ -11,6 +11,7 @@ slot. Faults are injected per slot: they model the machine, so a respawned execu
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import shutil
@@ -81,16 +82,27 @@ def _executor_id(index: int, generation: int) -> str:
     return f"ex{index}" if generation == 0 else f"ex{index}.{generation}"
 
 
-def _new_actor(setup_opts: dict[str, Any], pg: PlacementGroup | None, index: int, fault: Any, seed: int, generation: int) -> Any:
+def _new_actor(
+    setup_opts: dict[str, Any],
+    pg: PlacementGroup | None,
+    index: int,
+    fault: Any,
+    seed: int,
+    generation: int,
+) -> Any:
     opts = dict(setup_opts)
     if pg is not None:
         opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
             placement_group=pg, placement_group_bundle_index=index
         )
-    return _RemoteExecutor.options(**opts).remote(index, _executor_id(index, generation), fault, seed)
+    return _RemoteExecutor.options(**opts).remote(
+        index, _executor_id(index, generation), fault, seed
+    )
 
 
-def create_pool(spec: ClusterSpec, *, seed: int = 0, max_respawns: int = 2, placement_timeout_s: float = 60.0) -> PoolSetup:
+def create_pool(
+    spec: ClusterSpec, *, seed: int = 0, max_respawns: int = 2, placement_timeout_s: float = 60.0
+) -> PoolSetup:
     """Place and start ``spec.executors`` executors; blocks until all report their identity.
 
     Raises:
@@ -117,7 +129,9 @@ def create_pool(spec: ClusterSpec, *, seed: int = 0, max_respawns: int = 2, plac
             "fewer executors."
         ) from None
     actor_options: dict[str, Any] = {
-        "num_cpus": spec.cpus_per_executor if "CPU" in bundle and spec.cpus_per_executor > 0 else bundle.get("CPU", 0),
+        "num_cpus": spec.cpus_per_executor
+        if "CPU" in bundle and spec.cpus_per_executor > 0
+        else bundle.get("CPU", 0),
         "num_gpus": spec.gpus_per_executor,
         "max_restarts": 0,
         "max_task_retries": 0,
@@ -128,7 +142,9 @@ def create_pool(spec: ClusterSpec, *, seed: int = 0, max_respawns: int = 2, plac
         _new_actor(actor_options, pg, i, spec.faults.get(i), seed, 0) for i in range(spec.executors)
     ]
     infos = ray.get([h.info.remote() for h in handles], timeout=placement_timeout_s + 120)
-    slots = [Slot(i, h, info, spec.faults.get(i)) for i, (h, info) in enumerate(zip(handles, infos))]
+    slots = [
+        Slot(i, h, info, spec.faults.get(i)) for i, (h, info) in enumerate(zip(handles, infos))
+    ]
     return PoolSetup(pg, slots, actor_options, seed, max_respawns)
 
 
@@ -144,6 +160,7 @@ class ExecutorPool:
         self.infos: dict[str, ExecutorInfo] = {s.info.executor_id: s.info for s in setup.slots}
         self.keys: dict[str, bytes] = {s.info.executor_id: s.info.public_key for s in setup.slots}
         self.retired: dict[str, ExecutorInfo] = {}
+        self.inflight: collections.Counter[str] = collections.Counter()  # calls per executor id
         self._respawn_tasks: set[asyncio.Task] = set()
 
     def live(self) -> list[Slot]:
@@ -153,7 +170,7 @@ class ExecutorPool:
         return [Candidate(s.info.executor_id, s.info.node_id) for s in self.live()]
 
     def pick(self, key: str, k: int, exclude: set[str], avoid_nodes: set[str]) -> list[Slot]:
-        chosen = assign(key, self.candidates(), k, exclude, avoid_nodes)
+        chosen = assign(key, self.candidates(), k, exclude, avoid_nodes, self.inflight)
         return [self.by_id[c.executor_id] for c in chosen]
 
     def is_alive(self, executor_id: str) -> bool:
@@ -186,7 +203,12 @@ class ExecutorPool:
         slot.generation += 1
         start = time.monotonic()
         handle = _new_actor(
-            self.setup.actor_options, self.setup.placement_group, slot.index, slot.fault, self.setup.seed, slot.generation
+            self.setup.actor_options,
+            self.setup.placement_group,
+            slot.index,
+            slot.fault,
+            self.setup.seed,
+            slot.generation,
         )
         try:
             info = await asyncio.wait_for(handle.info.remote(), timeout=300)
@@ -198,7 +220,12 @@ class ExecutorPool:
         self.by_id[info.executor_id] = slot
         self.infos[info.executor_id] = info
         self.keys[info.executor_id] = info.public_key
-        logger.info("slot %d respawned as %s in %.1fs", slot.index, info.executor_id, time.monotonic() - start)
+        logger.info(
+            "slot %d respawned as %s in %.1fs",
+            slot.index,
+            info.executor_id,
+            time.monotonic() - start,
+        )
 
     async def settle(self) -> None:
         """Wait for respawns in progress (used by reports and tests)."""

@@ -103,7 +103,12 @@ class Reputation:
             self._records[executor_id].status = status
 
     def record(
-        self, executor_id: str, outcome: Outcome, task_id: str, reason: str = "", evidence: Any = None
+        self,
+        executor_id: str,
+        outcome: Outcome,
+        task_id: str,
+        reason: str = "",
+        evidence: Any = None,
     ) -> None:
         """Count one replica outcome; flagging outcomes keep their evidence."""
         r = self._records[executor_id]

@@ -91,8 +91,17 @@ class Certificate:
     def body(self) -> bytes:
         """The signed bytes: every field except the signature."""
         fields: list[bytes | str | int] = [
-            self.task_id, self.name, self.digest, self.tolerance, self.quorum, self.compared,
-            self.representative, self.mode, self.verifier_id, self.verifier_key, len(self.agreeing),
+            self.task_id,
+            self.name,
+            self.digest,
+            self.tolerance,
+            self.quorum,
+            self.compared,
+            self.representative,
+            self.mode,
+            self.verifier_id,
+            self.verifier_key,
+            len(self.agreeing),
         ]
         for a in self.agreeing:
             fields += [a.executor_id, a.attempt, a.digest, a.public_key, a.signature]
@@ -104,8 +113,16 @@ class Certificate:
         return encode_fields(_DOMAIN, *fields)
 
     @classmethod
-    def issue(cls, key: SigningKey, verifier_id: str, *, mode: str = "trusted", **fields: Any) -> Certificate:
-        unsigned = cls(mode=mode, verifier_id=verifier_id, verifier_key=key.public_bytes, signature=b"", **fields)
+    def issue(
+        cls, key: SigningKey, verifier_id: str, *, mode: str = "trusted", **fields: Any
+    ) -> Certificate:
+        unsigned = cls(
+            mode=mode,
+            verifier_id=verifier_id,
+            verifier_key=key.public_bytes,
+            signature=b"",
+            **fields,
+        )
         return dataclasses.replace(unsigned, signature=key.sign(unsigned.body()))
 
     def summary(self) -> str:
@@ -122,14 +139,24 @@ class Certificate:
         return "\n".join(lines)
 
 
-def _check(cert: Certificate, verifier_keys: Iterable[bytes], executor_keys: Iterable[bytes] | None, value: Any, has_value: bool) -> None:
+def _check(
+    cert: Certificate,
+    verifier_keys: Iterable[bytes],
+    executor_keys: Iterable[bytes] | None,
+    value: Any,
+    has_value: bool,
+) -> None:
     keys = set(verifier_keys)
     if cert.verifier_key not in keys:
-        raise CertificateError(f"certificate signed by an unknown verifier key {cert.verifier_key.hex()[:16]}")
+        raise CertificateError(
+            f"certificate signed by an unknown verifier key {cert.verifier_key.hex()[:16]}"
+        )
     if not verify_signature(cert.verifier_key, cert.body(), cert.signature):
         raise CertificateError("verifier signature does not match the certificate body (tampered?)")
     signers = [a.executor_id for a in cert.agreeing]
-    if len(set(signers)) != len(signers) or len({a.public_key for a in cert.agreeing}) != len(signers):
+    if len(set(signers)) != len(signers) or len({a.public_key for a in cert.agreeing}) != len(
+        signers
+    ):
         raise CertificateError(f"duplicate signers in certificate: {signers}")
     if len(signers) < cert.quorum or cert.quorum * 2 <= cert.compared:
         raise CertificateError(
@@ -140,17 +167,25 @@ def _check(cert: Certificate, verifier_keys: Iterable[bytes], executor_keys: Ite
     rep_seen = False
     for a in cert.agreeing:
         if a.task_id != cert.task_id:
-            raise CertificateError(f"attestation of {a.executor_id} is for task {a.task_id}, not {cert.task_id}")
+            raise CertificateError(
+                f"attestation of {a.executor_id} is for task {a.task_id}, not {cert.task_id}"
+            )
         if not a.verify():
             raise CertificateError(f"attestation signature of {a.executor_id} is invalid")
         if allowed is not None and a.public_key not in allowed:
-            raise CertificateError(f"{a.executor_id} signed with a key that is not a known executor key")
+            raise CertificateError(
+                f"{a.executor_id} signed with a key that is not a known executor key"
+            )
         if a.executor_id == cert.representative:
             rep_seen = True
             if a.digest != cert.digest:
-                raise CertificateError("representative's attested digest differs from the certified digest")
+                raise CertificateError(
+                    "representative's attested digest differs from the certified digest"
+                )
     if not rep_seen:
-        raise CertificateError(f"representative {cert.representative} has no attestation in the certificate")
+        raise CertificateError(
+            f"representative {cert.representative} has no attestation in the certificate"
+        )
     if has_value and digest_of(value) != cert.digest:
         raise CertificateError("the value's digest differs from the certified digest")
 

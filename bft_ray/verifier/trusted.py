@@ -115,7 +115,7 @@ class _Instance:
     repairs: int = 0
 
 
-Invoke = Callable[[Any, TaskSpec], tuple[Any, Any]]
+Invoke = Callable[[Slot, TaskSpec], tuple[Any, Any]]
 
 
 class TrustedVerifier:
@@ -146,7 +146,14 @@ class TrustedVerifier:
         self.keep_certificates = keep_certificates
         self._verdicts: OrderedDict[str, Any] = OrderedDict()
         self._background: set[asyncio.Task] = set()
-        self.counters = {"calls": 0, "accepted": 0, "failed": 0, "escalations": 0, "replacements": 0}
+        self._functions_sent: dict[str, set[str]] = {}  # executor id -> function keys it holds
+        self.counters = {
+            "calls": 0,
+            "accepted": 0,
+            "failed": 0,
+            "escalations": 0,
+            "replacements": 0,
+        }
         for eid in self.pool.infos:
             self._register(eid)
 
@@ -166,9 +173,16 @@ class TrustedVerifier:
         arguments, so Ray resolves them on the executors, never in the verifier.
         """
         fn_ref = fn_box[0]
+        fn_key = fn_ref.hex()
 
-        def invoke(handle: Any, spec: TaskSpec) -> tuple[Any, Any]:
-            return handle.run.options(num_returns=2, **call.call_options).remote(spec, fn_ref, *args, **kwargs)
+        def invoke(slot: Slot, spec: TaskSpec) -> tuple[Any, Any]:
+            # Send the function itself only on an executor's first call with it.
+            sent = self._functions_sent.setdefault(slot.info.executor_id, set())
+            first = fn_key not in sent
+            sent.add(fn_key)
+            return slot.handle.run.options(num_returns=2, **call.call_options).remote(
+                spec, fn_key, fn_ref if first else None, *args, **kwargs
+            )
 
         async def run() -> tuple[Any, Certificate]:
             self.pool.require(int(call.policy.quorum or 1), call.name)
@@ -178,7 +192,9 @@ class TrustedVerifier:
 
         return await self._verdict(call.task_id, run())
 
-    async def create_instance(self, call: CallSpec, cls_box: list, args: list, kwargs: dict) -> list[str]:
+    async def create_instance(
+        self, call: CallSpec, cls_box: list, args: list, kwargs: dict
+    ) -> list[str]:
         """Construct ``r`` replicas of a class instance on distinct executors."""
         policy = call.policy
         quorum = int(policy.quorum or 1)
@@ -193,9 +209,13 @@ class TrustedVerifier:
                 break
             budget -= len(picks)
             tried.update(p.info.executor_id for p in picks)
-            refs = [p.handle.create_instance.remote(call.task_id, cls_box[0], *args, **kwargs) for p in picks]
+            refs = [
+                p.handle.create_instance.remote(call.task_id, cls_box[0], *args, **kwargs)
+                for p in picks
+            ]
             results = await asyncio.gather(
-                *(asyncio.wait_for(_as_future(r), policy.timeout_s) for r in refs), return_exceptions=True
+                *(asyncio.wait_for(_as_future(r), policy.timeout_s) for r in refs),
+                return_exceptions=True,
             )
             for slot, res in zip(picks, results):
                 eid = slot.info.executor_id
@@ -214,12 +234,26 @@ class TrustedVerifier:
                 placed=holders,
             )
         self.instances[call.task_id] = _Instance(
-            call.task_id, call.name, policy, holders, cls_box[0], list(args), dict(kwargs), ever_used=set(tried)
+            call.task_id,
+            call.name,
+            policy,
+            holders,
+            cls_box[0],
+            list(args),
+            dict(kwargs),
+            ever_used=set(tried),
         )
         return holders
 
     async def call_method(
-        self, call: CallSpec, instance_id: str, ready_box: list, seq: int, method: str, args: list, kwargs: dict
+        self,
+        call: CallSpec,
+        instance_id: str,
+        ready_box: list,
+        seq: int,
+        method: str,
+        args: list,
+        kwargs: dict,
     ) -> Any:
         """Verify one method call on a replicated instance, in the caller's order (``seq``).
 
@@ -229,18 +263,27 @@ class TrustedVerifier:
         ``create_instance``: awaiting it orders the first call after the construction and
         re-raises a failed construction.
         """
-        return await self._verdict(call.task_id, self._call_method(call, instance_id, ready_box, seq, method, args, kwargs))
+        return await self._verdict(
+            call.task_id, self._call_method(call, instance_id, ready_box, seq, method, args, kwargs)
+        )
 
     async def _call_method(
-        self, call: CallSpec, instance_id: str, ready_box: list, seq: int, method: str, args: list, kwargs: dict
+        self,
+        call: CallSpec,
+        instance_id: str,
+        ready_box: list,
+        seq: int,
+        method: str,
+        args: list,
+        kwargs: dict,
     ) -> tuple[Any, Certificate]:
         await _as_future(ready_box[0])
         inst = self.instances.get(instance_id)
         if inst is None:
             raise ExecutorUnavailableError(f"unknown or dropped instance {instance_id!r}")
 
-        def invoke(handle: Any, spec: TaskSpec) -> tuple[Any, Any]:
-            return handle.call.options(num_returns=2, **call.call_options).remote(
+        def invoke(slot: Slot, spec: TaskSpec) -> tuple[Any, Any]:
+            return slot.handle.call.options(num_returns=2, **call.call_options).remote(
                 spec, instance_id, method, *args, **kwargs
             )
 
@@ -309,14 +352,23 @@ class TrustedVerifier:
             slot = spare[0]
             eid = slot.info.executor_id
             inst.ever_used.add(eid)
-            slot.handle.create_instance.remote(inst.instance_id, inst.cls_ref, *inst.ctor_args, **inst.ctor_kwargs)
+            slot.handle.create_instance.remote(
+                inst.instance_id, inst.cls_ref, *inst.ctor_args, **inst.ctor_kwargs
+            )
             for seq, (method, args, kwargs) in enumerate(inst.log):
                 # Replayed answers are discarded: only the state they leave behind matters.
                 spec = TaskSpec(f"{inst.instance_id}/{seq}", -1, f"{inst.name}.{method} (replay)")
-                slot.handle.call.options(num_returns=2).remote(spec, inst.instance_id, method, *args, **kwargs)
+                slot.handle.call.options(num_returns=2).remote(
+                    spec, inst.instance_id, method, *args, **kwargs
+                )
             inst.holders.append(eid)
             inst.repairs += 1
-            logger.info("%s: new replica on %s after replaying %d calls", inst.instance_id, eid, len(inst.log))
+            logger.info(
+                "%s: new replica on %s after replaying %d calls",
+                inst.instance_id,
+                eid,
+                len(inst.log),
+            )
 
     async def drop_instance(self, instance_id: str) -> None:
         inst = self.instances.pop(instance_id, None)
@@ -389,7 +441,9 @@ class TrustedVerifier:
         if self.quarantine.should_quarantine(self.reputation.get(eid), len(self.pool.live())):
             self.pool.quarantine(eid)
 
-    def _judge(self, task_id: str, rep: _Outcome, out: _Outcome, policy: Policy, instance: _Instance | None) -> Dissent | None:
+    def _judge(
+        self, task_id: str, rep: _Outcome, out: _Outcome, policy: Policy, instance: _Instance | None
+    ) -> Dissent | None:
         """Record a comparable answer against the accepted one; returns a dissent if it differs."""
         self._register(out.executor_id)
         if out.digest == rep.digest:
@@ -397,7 +451,11 @@ class TrustedVerifier:
         else:
             comp = compare(rep.canonical, out.canonical, policy.tolerance)
             agreed = comp.agree
-            reason = "" if agreed else (render_leaf_diff(comp.leaf_diffs[0]) if comp.leaf_diffs else comp.reason)
+            reason = (
+                ""
+                if agreed
+                else (render_leaf_diff(comp.leaf_diffs[0]) if comp.leaf_diffs else comp.reason)
+            )
         if agreed:
             self.reputation.record(out.executor_id, "agreed", task_id)
             return None
@@ -417,7 +475,9 @@ class TrustedVerifier:
 class _Replication:
     """The life of one verified call: dispatch, collect, decide, record."""
 
-    def __init__(self, verifier: TrustedVerifier, call: CallSpec, invoke: Invoke, instance: _Instance | None) -> None:
+    def __init__(
+        self, verifier: TrustedVerifier, call: CallSpec, invoke: Invoke, instance: _Instance | None
+    ) -> None:
         self.v = verifier
         self.pool = verifier.pool
         self.call = call
@@ -459,14 +519,23 @@ class _Replication:
             self.used.add(eid)
             spec = TaskSpec(self.call.task_id, self.attempt, self.call.name)
             try:
-                refs = self.invoke(slot.handle, spec)
+                refs = self.invoke(slot, spec)
             except Exception as exc:
                 refs = exc
+            self.pool.inflight[eid] += 1
             self.running.add(asyncio.ensure_future(self._collect(eid, self.attempt, refs)))
         if slots:
             self.attempt += 1
 
     async def _collect(self, eid: str, attempt: int, refs: Any) -> _Outcome:
+        try:
+            return await self._collect_one(eid, attempt, refs)
+        finally:
+            self.pool.inflight[eid] -= 1
+            if self.pool.inflight[eid] <= 0:
+                del self.pool.inflight[eid]
+
+    async def _collect_one(self, eid: str, attempt: int, refs: Any) -> _Outcome:
         if isinstance(refs, BaseException):
             return _Outcome(eid, attempt, "crashed", reason=f"submit failed: {refs}")
         out_ref, att_ref = refs
@@ -481,8 +550,13 @@ class _Replication:
             canon = _error_canonical(exc)
             cause = exc.cause or exc
             return _Outcome(
-                eid, attempt, "error", canonical=canon, digest=digest_canonical(canon),
-                exception=cause, reason=f"raised {type(cause).__name__}",
+                eid,
+                attempt,
+                "error",
+                canonical=canon,
+                digest=digest_canonical(canon),
+                exception=cause,
+                reason=f"raised {type(cause).__name__}",
             )
         except ray.exceptions.RayError as exc:  # actor died, object lost, worker crashed
             return _Outcome(eid, attempt, "crashed", reason=type(exc).__name__)
@@ -492,17 +566,33 @@ class _Replication:
         if not isinstance(att, Attestation):
             return _Outcome(eid, attempt, "invalid", reason="no attestation")
         if (att.executor_id, att.task_id, att.attempt) != (eid, self.call.task_id, attempt):
-            return _Outcome(eid, attempt, "invalid", attestation=att, reason="attestation names another executor, task or attempt")
+            return _Outcome(
+                eid,
+                attempt,
+                "invalid",
+                attestation=att,
+                reason="attestation names another executor, task or attempt",
+            )
         if not att.verify(expected_key=self.pool.keys.get(eid)):
-            return _Outcome(eid, attempt, "invalid", attestation=att, reason="bad signature or unregistered key")
+            return _Outcome(
+                eid, attempt, "invalid", attestation=att, reason="bad signature or unregistered key"
+            )
         try:
             canon = canonicalize(output)
         except TypeError as exc:
             return _Outcome(eid, attempt, "invalid", attestation=att, reason=str(exc))
         dig = digest_canonical(canon)
         if dig != att.digest:
-            return _Outcome(eid, attempt, "invalid", attestation=att, reason="attested digest does not match the output")
-        return _Outcome(eid, attempt, "ok", output=output, canonical=canon, digest=dig, attestation=att)
+            return _Outcome(
+                eid,
+                attempt,
+                "invalid",
+                attestation=att,
+                reason="attested digest does not match the output",
+            )
+        return _Outcome(
+            eid, attempt, "ok", output=output, canonical=canon, digest=dig, attestation=att
+        )
 
     def _evaluate(self) -> Evaluation:
         return evaluate(
@@ -539,7 +629,10 @@ class _Replication:
                     counters["escalations"] += 1
                     logger.info(
                         "%s %s: no quorum among %d outputs, adding %d replicas",
-                        self.call.name, self.call.task_id, len(self.comparable), k,
+                        self.call.name,
+                        self.call.task_id,
+                        len(self.comparable),
+                        k,
                     )
                     self.start(extra)
         if evaluation.accepted is None:
@@ -550,7 +643,12 @@ class _Replication:
         rep = self.comparable[evaluation.accepted.representative]
         if self.running:
             self.v._track(self._judge_late(rep))
-        logger.debug("%s %s accepted in %.3fs", self.call.name, self.call.task_id, time.monotonic() - self.started)
+        logger.debug(
+            "%s %s accepted in %.3fs",
+            self.call.name,
+            self.call.task_id,
+            time.monotonic() - self.started,
+        )
         if rep.status == "error":
             # Replicas agree the user's code raised: the caller gets that exception, as with Ray.
             raise rep.exception  # type: ignore[misc]
@@ -559,7 +657,9 @@ class _Replication:
     def _no_verdict(self, evaluation: Evaluation) -> Exception:
         for eid in sorted(self.comparable):
             self.v._register(eid)
-            self.v.reputation.record(eid, "disputed", self.call.task_id, "no quorum", self.comparable[eid].attestation)
+            self.v.reputation.record(
+                eid, "disputed", self.call.task_id, "no quorum", self.comparable[eid].attestation
+            )
         name, tid = self.call.name, self.call.task_id
         if not self.comparable:
             return ExecutorUnavailableError(
@@ -569,7 +669,9 @@ class _Replication:
                 task_id=tid,
             )
         diff = render_disagreement(
-            evaluation.clusters, {k: v.canonical for k, v in self.comparable.items()}, self.policy.tolerance
+            evaluation.clusters,
+            {k: v.canonical for k, v in self.comparable.items()},
+            self.policy.tolerance,
         )
         return NoQuorumError(
             f"{name} ({tid}): replicas disagree and no cluster reached the quorum "
@@ -596,8 +698,14 @@ class _Replication:
             else:
                 d = self.v._judge(self.call.task_id, rep, out, self.policy, self.instance)
                 # Outside the cluster means it disagrees with the representative.
-                dissent.append(d or Dissent(eid, "disagreed", "outside the accepted cluster", out.attestation))
-        dissent += [Dissent(o.executor_id, o.status, o.reason, o.attestation) for o in self.outcomes if not o.comparable]
+                dissent.append(
+                    d or Dissent(eid, "disagreed", "outside the accepted cluster", out.attestation)
+                )
+        dissent += [
+            Dissent(o.executor_id, o.status, o.reason, o.attestation)
+            for o in self.outcomes
+            if not o.comparable
+        ]
         return Certificate.issue(
             self.v._key,
             self.v.verifier_id,

@@ -70,7 +70,12 @@ def test_big_python_ints_are_exact():
 
 def test_paths_name_every_leaf():
     c = canonicalize({"model": [np.zeros(1), Pair(a=1, b=State(np.ones(1), 3))]})
-    assert [leaf.path for leaf in c.leaves] == ["model/0", "model/1/a", "model/1/b/w", "model/1/b/step"]
+    assert [leaf.path for leaf in c.leaves] == [
+        "model/0",
+        "model/1/a",
+        "model/1/b/w",
+        "model/1/b/step",
+    ]
 
 
 def test_unsupported_leaf_is_a_clear_error():

@@ -46,7 +46,9 @@ def test_digest_is_deterministic_and_sensitive(a):
         assert digest(a) != digest(b)
 
 
-def _outputs(base: np.ndarray, noise: list[np.ndarray], wrong: list[np.ndarray]) -> dict[str, np.ndarray]:
+def _outputs(
+    base: np.ndarray, noise: list[np.ndarray], wrong: list[np.ndarray]
+) -> dict[str, np.ndarray]:
     outs = {f"h{i}": base + n for i, n in enumerate(noise)}
     outs.update({f"w{i}": w for i, w in enumerate(wrong)})
     return outs
@@ -59,7 +61,10 @@ def replica_sets(draw):
     honest = draw(st.integers(1, 5))
     atol = 1e-6
     # Every honest output is within atol/2 of the truth, so honest outputs agree pairwise.
-    noise = [draw(hnp.arrays(np.float64, n, elements=st.floats(-atol / 2, atol / 2))) for _ in range(honest)]
+    noise = [
+        draw(hnp.arrays(np.float64, n, elements=st.floats(-atol / 2, atol / 2)))
+        for _ in range(honest)
+    ]
     wrong = [
         base + draw(hnp.arrays(np.float64, n, elements=st.floats(1.0, 100.0)))
         for _ in range(draw(st.integers(0, 3)))
@@ -110,6 +115,11 @@ def test_edge_outlier_cannot_split_a_tight_honest_group():
     # Three tight honest outputs and one at the edge of the tolerance of one of them: the
     # honest centre (degree 3 or 4) is chosen, never the outlier.
     tol = Tolerance(rtol=0.0, atol=1.0)
-    outs = {"h0": np.array([0.0]), "h1": np.array([0.1]), "h2": np.array([0.2]), "x": np.array([1.15])}
+    outs = {
+        "h0": np.array([0.0]),
+        "h1": np.array([0.1]),
+        "h2": np.array([0.2]),
+        "x": np.array([1.15]),
+    }
     clusters = cluster_outputs(outs, tol)
     assert {"h0", "h1", "h2"} <= set(clusters[0].members)

@@ -119,7 +119,9 @@ def test_structure_dtype_shape_mismatch_is_a_reason_not_an_exception():
 
 
 def test_per_path_overrides():
-    tol = Tolerance(rtol=1e-6, overrides={"loss": Tolerance(mode="exact"), "*/bias": Tolerance(atol=0.1)})
+    tol = Tolerance(
+        rtol=1e-6, overrides={"loss": Tolerance(mode="exact"), "*/bias": Tolerance(atol=0.1)}
+    )
     a = {"loss": np.float64(1.0), "layer": {"bias": np.zeros(3), "w": np.ones(3)}}
     b = {"loss": np.float64(1.0), "layer": {"bias": np.full(3, 0.05), "w": np.ones(3)}}
     assert agree(a, b, tol)
@@ -139,7 +141,9 @@ def test_readable_diff_names_leaves_and_errors():
     b = {"w": np.zeros((4, 4)), "b": np.array([1.0, 1.0, 3.0, 1.0])}
     text = render_comparison(compare(a, b, ALLCLOSE), "ex0", "ex3")
     assert text.splitlines()[0] == "ex0 vs ex3: 1 leaf/leaves differ"
-    assert "b: 1/4 elements outside tolerance, max abs err 2, max rel err 0.667, first at [2]" in text
+    assert (
+        "b: 1/4 elements outside tolerance, max abs err 2, max rel err 0.667, first at [2]" in text
+    )
 
 
 def test_chunked_kernel_matches_reference_semantics_on_random_data():

@@ -23,7 +23,9 @@ def cluster(ray_module):
     c.shutdown()
 
 
-@bft_ray.verified_remote(replicas=3, quorum=2, num_gpus=1, tolerance=bft_ray.Tolerance(rtol=1e-5, atol=1e-6))
+@bft_ray.verified_remote(
+    replicas=3, quorum=2, num_gpus=1, tolerance=bft_ray.Tolerance(rtol=1e-5, atol=1e-6)
+)
 def matmul(a, b):
     return a @ b
 
@@ -43,7 +45,10 @@ def where_am_i():
     import os
 
     # Each executor sees its own GPU id, so report only whether one is set.
-    return {"has_gpu_id": bool(os.environ.get("CUDA_VISIBLE_DEVICES")), "device": str(bft_ray.device())}
+    return {
+        "has_gpu_id": bool(os.environ.get("CUDA_VISIBLE_DEVICES")),
+        "device": str(bft_ray.device()),
+    }
 
 
 def test_honest_calls_return_the_value_and_a_valid_certificate(cluster):
@@ -55,7 +60,9 @@ def test_honest_calls_return_the_value_and_a_valid_certificate(cluster):
     cert = bft_ray.certificate(ref)
     assert cert.task_id == ref.task_id and cert.quorum == 2 and len(cert.agreeing) >= 2
     assert bft_ray.verify_certificate(cert, cluster.verifier_keys(), value=value)
-    assert bft_ray.verify_certificate(cert, cluster.verifier_keys(), executor_keys=cluster.executor_keys().values())
+    assert bft_ray.verify_certificate(
+        cert, cluster.verifier_keys(), executor_keys=cluster.executor_keys().values()
+    )
     # The replicas ran on distinct executors.
     assert len(set(cert.signers)) == len(cert.signers)
 
@@ -71,7 +78,9 @@ def test_certificate_checks_fail_on_tampering(cluster):
     forged = dataclasses.replace(cert.agreeing[0], digest=b"\x01" * 32)
     with pytest.raises(CertificateError):
         bft_ray.verify_certificate(
-            dataclasses.replace(cert, agreeing=(forged, *cert.agreeing[1:])), keys, raise_on_failure=True
+            dataclasses.replace(cert, agreeing=(forged, *cert.agreeing[1:])),
+            keys,
+            raise_on_failure=True,
         )
 
 
@@ -152,7 +161,9 @@ def test_lost_replica_is_rebuilt_by_replaying_the_call_log(cluster):
             return self.n
 
     c = Counter.remote(100)
-    assert bft_ray.get([c.add.remote(i) for i in range(10)]) == [100 + sum(range(i + 1)) for i in range(10)]
+    assert bft_ray.get([c.add.remote(i) for i in range(10)]) == [
+        100 + sum(range(i + 1)) for i in range(10)
+    ]
     holders = c.holders()
     victim = int(holders[0].removeprefix("ex").split(".")[0])
     cluster.inject_fault(victim, "zeros")
@@ -164,7 +175,9 @@ def test_lost_replica_is_rebuilt_by_replaying_the_call_log(cluster):
         # The repair happens before the next call is dispatched.
         assert bft_ray.get(c.add.remote(0)) == 150
         info = c.info()
-        assert info["repairs"] == 1 and holders[0] not in info["holders"] and len(info["holders"]) == 3
+        assert (
+            info["repairs"] == 1 and holders[0] not in info["holders"] and len(info["holders"]) == 3
+        )
         before = {r["executor"]: r["agreed"] for r in cluster.report().executors}
         assert bft_ray.get(c.add.remote(0)) == 150
         after = {r["executor"]: r["agreed"] for r in cluster.report().executors}
@@ -202,6 +215,7 @@ def test_escalation_adds_replicas_until_a_quorum(cluster):
     # executor runs them, so two replicas disagree and escalation must add a third to decide.
     cluster.inject_fault(3, "zeros")
     try:
+
         @bft_ray.verified_remote(replicas=2, quorum=2, max_replicas=4)
         def ones(n):
             return np.ones(n)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _support import row_for_slot
 
 import bft_ray
 from bft_ray import faults
-
-from _support import row_for_slot
 
 pytestmark = pytest.mark.ray
 
@@ -78,7 +77,15 @@ def delta(cluster, before, index):
         faults.intermittent(1.0, "zeros"),
         lambda out: {**out, "y": out["y"][::-1].copy()},
     ],
-    ids=["bitflip", "gaussian_noise", "zeros", "random", "collude-alone", "intermittent-always", "user-callable"],
+    ids=[
+        "bitflip",
+        "gaussian_noise",
+        "zeros",
+        "random",
+        "collude-alone",
+        "intermittent-always",
+        "user-callable",
+    ],
 )
 def test_wrong_outputs_are_outvoted_and_flagged(cluster, faulty, spec):
     faulty(spec)

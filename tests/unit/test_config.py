@@ -49,8 +49,14 @@ def test_bad_tolerance_is_rejected(kwargs, match):
     "kwargs, match",
     [
         (dict(executors=0), "executors"),
-        (dict(executors=4, faults={7: "zeros"}), r"faults name executor indices \[7\] but executors are 0..3"),
-        (dict(executors=4, faults={1: "meltdown"}), "unknown fault 'meltdown'. Known faults: bitflip"),
+        (
+            dict(executors=4, faults={7: "zeros"}),
+            r"faults name executor indices \[7\] but executors are 0..3",
+        ),
+        (
+            dict(executors=4, faults={1: "meltdown"}),
+            "unknown fault 'meltdown'. Known faults: bitflip",
+        ),
         (dict(verifiers=2), "a BFT group needs n = 3f \\+ 1 >= 4 verifiers"),
         (dict(verifiers=4), "not available in this version; use verifiers=1"),
         (dict(gpus_per_executor=-1), "gpus_per_executor"),
@@ -100,7 +106,11 @@ def test_errors_are_ray_errors_and_pickle():
     err = bft_ray.NoQuorumError("no quorum", task_id="t1")
     assert isinstance(err, RayError) and isinstance(err, bft_ray.VerificationError)
     back = pickle.loads(pickle.dumps(err))
-    assert type(back) is bft_ray.NoQuorumError and str(back) == "no quorum" and back.details == {"task_id": "t1"}
+    assert (
+        type(back) is bft_ray.NoQuorumError
+        and str(back) == "no quorum"
+        and back.details == {"task_id": "t1"}
+    )
     assert issubclass(bft_ray.ConfigError, ValueError)
     assert issubclass(bft_ray.VerificationTimeoutError, TimeoutError)
 
@@ -113,5 +123,5 @@ def test_decorator_forms():
     assert f.policy.replicas == 3 and f.__name__ == "f"
     g = f.options(replicas=5)
     assert g.policy.replicas == 5 and g.policy.quorum == 3 and f.policy.replicas == 3
-    with pytest.raises(TypeError, match="f.remote"):
+    with pytest.raises(TypeError, match=r"f\.remote"):
         f(1)

@@ -17,7 +17,11 @@ def ctx(task="t1", index=0, attempt=0):
 
 
 def out():
-    return {"y": np.linspace(-1, 1, 16, dtype=np.float32), "k": np.arange(4), "t": torch.ones(3, dtype=torch.bfloat16)}
+    return {
+        "y": np.linspace(-1, 1, 16, dtype=np.float32),
+        "k": np.arange(4),
+        "t": torch.ones(3, dtype=torch.bfloat16),
+    }
 
 
 def test_bitflip_changes_exactly_one_bit_of_one_element():
@@ -28,7 +32,13 @@ def test_bitflip_changes_exactly_one_bit_of_one_element():
         a = o[key].view(np.uint8)
         b = np.asarray(flipped[key]).view(np.uint8)
         diffs += int(np.unpackbits(a ^ b).sum())
-    diffs += int(np.unpackbits((o["t"].view(torch.int16).numpy() ^ flipped["t"].view(torch.int16).numpy()).view(np.uint8)).sum())
+    diffs += int(
+        np.unpackbits(
+            (o["t"].view(torch.int16).numpy() ^ flipped["t"].view(torch.int16).numpy()).view(
+                np.uint8
+            )
+        ).sum()
+    )
     assert diffs == 1
     assert not compare(o, flipped, Tolerance(rtol=1e-3)).agree  # top exponent bit: a big change
 
@@ -77,7 +87,10 @@ def test_intermittent_probability_is_respected_and_deterministic():
     hits = [not np.any(b.corrupt(np.ones(2), ctx(f"t{i}"))) for i in range(400)]
     again = [not np.any(b.corrupt(np.ones(2), ctx(f"t{i}"))) for i in range(400)]
     assert hits == again and 0.22 < sum(hits) / 400 < 0.38
-    assert not any(not np.any(faults.intermittent(0.0, "zeros").corrupt(np.ones(2), ctx(f"t{i}"))) for i in range(50))
+    assert not any(
+        not np.any(faults.intermittent(0.0, "zeros").corrupt(np.ones(2), ctx(f"t{i}")))
+        for i in range(50)
+    )
 
 
 def test_slow_sleeps_before_running(monkeypatch):

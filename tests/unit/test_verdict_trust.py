@@ -42,7 +42,9 @@ def test_quorum_grows_with_escalation():
     [(1, 3, 5, 2), (1, 3, 4, None), (2, 4, 5, 1), (1, 2, 3, 1), (0, 3, 9, 4)],
 )
 def test_escalation_size(best, compared, max_replicas, expected):
-    assert escalation_size(best, compared, Policy(replicas=3, max_replicas=max_replicas)) == expected
+    assert (
+        escalation_size(best, compared, Policy(replicas=3, max_replicas=max_replicas)) == expected
+    )
 
 
 def test_assignment_is_deterministic_distinct_and_spreads_nodes():
@@ -53,9 +55,9 @@ def test_assignment_is_deterministic_distinct_and_spreads_nodes():
     # More replicas than nodes: nodes repeat only once every node is used.
     b = assign("task-1", cands, 5)
     assert len({c.node_id for c in b}) == 3
-    assert not {c.executor_id for c in assign("task-1", cands, 3, exclude={c.executor_id for c in a})} & {
-        c.executor_id for c in a
-    }
+    assert not {
+        c.executor_id for c in assign("task-1", cands, 3, exclude={c.executor_id for c in a})
+    } & {c.executor_id for c in a}
 
 
 def test_assignment_spreads_load():
@@ -87,8 +89,17 @@ def _cert():
     atts = tuple(Attestation.create(k, "t", 0, f"e{i}", digest(value)) for i, k in enumerate(keys))
     vkey = SigningKey.generate()
     cert = Certificate.issue(
-        vkey, "v0", task_id="t", name="f", digest=digest(value), tolerance="exact", quorum=2,
-        compared=3, representative="e0", agreeing=atts[:2], dissenting=(),
+        vkey,
+        "v0",
+        task_id="t",
+        name="f",
+        digest=digest(value),
+        tolerance="exact",
+        quorum=2,
+        compared=3,
+        representative="e0",
+        agreeing=atts[:2],
+        dissenting=(),
     )
     return value, keys, vkey, cert
 
@@ -100,15 +111,26 @@ def test_certificate_round_trip_and_each_tamper_is_caught():
     tampered = {
         "quorum lowered": dataclasses.replace(cert, quorum=1),
         "signer dropped": dataclasses.replace(cert, agreeing=cert.agreeing[:1]),
-        "duplicate signer": dataclasses.replace(cert, agreeing=(cert.agreeing[0], cert.agreeing[0])),
+        "duplicate signer": dataclasses.replace(
+            cert, agreeing=(cert.agreeing[0], cert.agreeing[0])
+        ),
         "other task": dataclasses.replace(cert, task_id="t2"),
     }
     for name, bad in tampered.items():
         assert not verify_certificate(bad, vk), name
     # Re-signed by the verifier but with a non-majority quorum: still refused.
     resigned = Certificate.issue(
-        vkey, "v0", task_id="t", name="f", digest=cert.digest, tolerance="exact", quorum=1,
-        compared=3, representative="e0", agreeing=cert.agreeing[:1], dissenting=(),
+        vkey,
+        "v0",
+        task_id="t",
+        name="f",
+        digest=cert.digest,
+        tolerance="exact",
+        quorum=1,
+        compared=3,
+        representative="e0",
+        agreeing=cert.agreeing[:1],
+        dissenting=(),
     )
     with pytest.raises(CertificateError, match="not a strict-majority quorum"):
         verify_certificate(resigned, vk, raise_on_failure=True)
@@ -123,5 +145,10 @@ def test_attestation_binds_every_field():
     key = SigningKey.generate()
     att = Attestation.create(key, "t", 1, "e0", b"d" * 32)
     assert att.verify(expected_key=key.public_bytes)
-    for change in (dict(task_id="u"), dict(attempt=2), dict(executor_id="e1"), dict(digest=b"x" * 32)):
+    for change in (
+        dict(task_id="u"),
+        dict(attempt=2),
+        dict(executor_id="e1"),
+        dict(digest=b"x" * 32),
+    ):
         assert not dataclasses.replace(att, **change).verify()
