@@ -59,6 +59,10 @@ class PoolSetup:
     max_respawns: int
 
 
+def _future(ref: Any) -> asyncio.Future:
+    return asyncio.wrap_future(ref.future())
+
+
 def local_gpu_count() -> int:
     """Number of NVIDIA GPUs visible on this machine (0 when there is no driver)."""
     smi = shutil.which("nvidia-smi")
@@ -162,6 +166,7 @@ class ExecutorPool:
         self.retired: dict[str, ExecutorInfo] = {}
         self.inflight: collections.Counter[str] = collections.Counter()  # calls per executor id
         self._respawn_tasks: set[asyncio.Task] = set()
+        self.respawn_timeout_s = 300.0
 
     def live(self) -> list[Slot]:
         return [s for s in self.slots.values() if s.status == "alive"]
@@ -227,10 +232,14 @@ class ExecutorPool:
             time.monotonic() - start,
         )
 
-    async def settle(self) -> None:
-        """Wait for respawns in progress (used by reports and tests)."""
+    async def settle(self, timeout: float = 15.0) -> None:
+        """Wait (at most ``timeout`` seconds) for respawns in progress.
+
+        A respawn can wait long for its bundle (a lost node's bundles need a new node), so
+        callers such as reports never block on it for more than ``timeout``.
+        """
         if self._respawn_tasks:
-            await asyncio.gather(*list(self._respawn_tasks), return_exceptions=True)
+            await asyncio.wait(list(self._respawn_tasks), timeout=timeout)
 
     def quarantine(self, executor_id: str) -> None:
         """Stop giving work to an executor (it stays alive; its record stays in reports)."""
@@ -250,6 +259,8 @@ class ExecutorPool:
             )
 
     def shutdown(self) -> None:
+        for task in list(self._respawn_tasks):
+            task.cancel()
         for slot in self.slots.values():
             try:
                 ray.kill(slot.handle, no_restart=True)

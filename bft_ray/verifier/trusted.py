@@ -378,9 +378,14 @@ class TrustedVerifier:
                     self.pool.by_id[eid].handle.drop_instance.remote(instance_id)
 
     async def report(self, settle: bool = True) -> dict[str, Any]:
-        """Per-executor records and verifier counters (waits for background judging first)."""
+        """Per-executor records and verifier counters.
+
+        With ``settle``, first waits for stragglers to be judged and, for a few seconds, for
+        respawns in progress (a respawn waiting for a lost node's resources shows as
+        ``respawning``).
+        """
         if settle:
-            await self.settle()
+            await self.settle(respawn_timeout=5.0)
         for eid in self.pool.infos:
             self._register(eid)
             slot = self.pool.by_id[eid]
@@ -406,14 +411,14 @@ class TrustedVerifier:
         """The flags (with evidence) raised against one executor."""
         return list(self.reputation.get(executor_id).flags)
 
-    async def settle(self) -> None:
-        """Wait until stragglers are judged and respawns have finished."""
+    async def settle(self, respawn_timeout: float = 15.0) -> None:
+        """Wait until stragglers are judged and (up to ``respawn_timeout``) respawns finish."""
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
-        await self.pool.settle()
+        await self.pool.settle(respawn_timeout)
 
     async def shutdown(self) -> None:
-        await self.settle()
+        """Stop all executors; calls in flight fail."""
         self.pool.shutdown()
 
     # -- bookkeeping shared by replications ------------------------------------------------

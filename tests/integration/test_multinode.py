@@ -1,0 +1,69 @@
+"""Several Ray nodes (ray.cluster_utils.Cluster): placement spreads executors and replicas over
+nodes, and losing a whole node is survived."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+import bft_ray
+
+pytestmark = pytest.mark.ray
+
+NODES = 3
+
+
+@pytest.fixture(scope="module")
+def multinode():
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "num_gpus": 0,
+            "include_dashboard": False,
+            "object_store_memory": 150 * 1024**2,
+        },
+    )
+    workers = [
+        cluster.add_node(num_cpus=2, num_gpus=2, object_store_memory=150 * 1024**2)
+        for _ in range(NODES)
+    ]
+    cluster.wait_for_nodes()
+    bft = bft_ray.init(executors=2 * NODES, address=cluster.address, quarantine_below=0.0)
+    yield cluster, workers, bft
+    bft.shutdown()
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@bft_ray.verified_remote(replicas=3)
+def scaled(x, k):
+    return x * k
+
+
+def test_executors_and_replicas_spread_over_nodes(multinode):
+    _, _, bft = multinode
+    report = bft.report()
+    nodes = {r["executor"]: r["node"] for r in report.executors}
+    assert len(set(nodes.values())) == NODES  # two executors per GPU node
+    refs = [scaled.remote(np.arange(4.0), k) for k in range(12)]
+    assert [float(v.sum()) for v in bft_ray.get(refs, timeout=120)] == [6.0 * k for k in range(12)]
+    for ref in refs:
+        cert = bft_ray.certificate(ref)
+        signer_nodes = [nodes[s] for s in cert.signers]
+        # Three nodes, three replicas: never two replicas of one call on one node.
+        assert len(set(signer_nodes)) == len(signer_nodes)
+
+
+def test_losing_a_node_is_survived(multinode):
+    cluster, workers, bft = multinode
+    cluster.remove_node(workers[-1])
+    refs = [scaled.options(timeout_s=30).remote(np.ones(3), k) for k in range(8)]
+    assert [float(v.sum()) for v in bft_ray.get(refs, timeout=180)] == [3.0 * k for k in range(8)]
+    report = bft.report()
+    assert sum(r["crashed"] for r in report.executors) >= 1
+    assert sum(1 for r in report.executors if r["status"] == "alive") >= 3
