@@ -287,7 +287,12 @@ def init(
                 **ray_init_kwargs,
             )
         started = True
-    setup = create_pool(spec, seed=seed, max_respawns=max_respawns)
+    try:
+        setup = create_pool(spec, seed=seed, max_respawns=max_respawns)
+    except BaseException:
+        if started:
+            ray.shutdown()  # leave nothing running behind a failed init
+        raise
     verifier = (
         ray.remote(TrustedVerifier)
         .options(num_cpus=0, max_restarts=0, max_concurrency=10_000)
