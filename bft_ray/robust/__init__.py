@@ -1,0 +1,128 @@
+"""Byzantine-robust aggregation, attacks and data-parallel training with untrusted workers.
+
+Aggregators (``n`` vectors, up to ``f`` Byzantine, in; one vector out), pre-aggregators that
+compose with them, the attacks of the literature, and a seeded in-process data-parallel trainer
+whose pieces (worker step, Byzantine vectors, server step) a Ray layer can run remotely.
+
+Example:
+    >>> import numpy as np
+    >>> from bft_ray.robust import make_aggregator, make_attack
+    >>> honest = np.array([[1.0, 1.0], [1.2, 0.8], [0.9, 1.1], [1.1, 1.0]])
+    >>> byz = make_attack("sign_flip")(honest, n_byzantine=1)
+    >>> rule = make_aggregator("nnm+trimmed_mean", f=1)
+    >>> rule(np.vstack([honest, byz])).round(3).tolist()
+    [1.05, 0.975]
+"""
+
+from bft_ray.robust.aggregators import (
+    Bulyan,
+    CenteredClipping,
+    CoordinateWiseMedian,
+    GeometricMedian,
+    Krum,
+    Mean,
+    MultiKrum,
+    TrimmedMean,
+)
+from bft_ray.robust.attacks import (
+    ALIE,
+    ATTACKS,
+    IPM,
+    Attack,
+    DataAttack,
+    GaussianNoise,
+    LabelFlip,
+    Mimic,
+    NoAttack,
+    NonFinite,
+    SignFlip,
+    VectorAttack,
+    alie_z,
+    make_attack,
+)
+from bft_ray.robust.base import (
+    Aggregator,
+    NonFiniteInputError,
+    Pipeline,
+    PreAggregator,
+    RobustRule,
+)
+from bft_ray.robust.preaggregators import ARC, NNM, Bucketing, StaticClipping
+from bft_ray.robust.registry import (
+    AGGREGATORS,
+    PRE_AGGREGATORS,
+    available_rules,
+    compose,
+    make_aggregator,
+)
+from bft_ray.robust.training import (
+    InProcessTrainer,
+    Server,
+    TrainConfig,
+    TrainResult,
+    Worker,
+    WorkerGroup,
+    assemble,
+    attack_generator,
+    byzantine_rows,
+    derive_seed,
+    initial_params,
+    make_model,
+    make_shards,
+    server_step,
+    train,
+)
+
+__all__ = [
+    "AGGREGATORS",
+    "ALIE",
+    "ARC",
+    "ATTACKS",
+    "IPM",
+    "NNM",
+    "PRE_AGGREGATORS",
+    "Aggregator",
+    "Attack",
+    "Bucketing",
+    "Bulyan",
+    "CenteredClipping",
+    "CoordinateWiseMedian",
+    "DataAttack",
+    "GaussianNoise",
+    "GeometricMedian",
+    "InProcessTrainer",
+    "Krum",
+    "LabelFlip",
+    "Mean",
+    "Mimic",
+    "MultiKrum",
+    "NoAttack",
+    "NonFinite",
+    "NonFiniteInputError",
+    "Pipeline",
+    "PreAggregator",
+    "RobustRule",
+    "Server",
+    "SignFlip",
+    "StaticClipping",
+    "TrainConfig",
+    "TrainResult",
+    "TrimmedMean",
+    "VectorAttack",
+    "Worker",
+    "WorkerGroup",
+    "alie_z",
+    "assemble",
+    "attack_generator",
+    "available_rules",
+    "byzantine_rows",
+    "compose",
+    "derive_seed",
+    "initial_params",
+    "make_aggregator",
+    "make_attack",
+    "make_model",
+    "make_shards",
+    "server_step",
+    "train",
+]

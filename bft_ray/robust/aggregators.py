@@ -1,0 +1,455 @@
+"""Robust aggregators: ``n`` vectors (up to ``f`` of them Byzantine) in, one vector out.
+
+Each rule is a small class: ``Rule(f, ...)`` validates ``f``; calling it on vectors checks ``n``
+against the rule's breakdown point (see :mod:`bft_ray.robust.base`).
+
+========================  =====================  =============================================
+rule                      condition              reference
+========================  =====================  =============================================
+Mean                      n > f (no robustness)  reference only: breakdown point 0
+CoordinateWiseMedian      n > 2f                 Yin et al., ICML 2018
+TrimmedMean               n > 2f                 Yin et al., ICML 2018
+GeometricMedian           n > 2f                 Weiszfeld 1937; Pillutla et al. (RFA) 2022
+Krum                      n > 2f + 2             Blanchard et al., NeurIPS 2017
+MultiKrum                 n > 2f + 2             Blanchard et al., NeurIPS 2017
+Bulyan                    n >= 4f + 3            El Mhamdi et al., ICML 2018
+CenteredClipping          n > 2f                 Karimireddy et al., ICML 2021
+========================  =====================  =============================================
+
+Example:
+    >>> import numpy as np
+    >>> x = np.array([[1.0, 2.0], [2.0, 3.0], [3.0, 4.0], [100.0, -100.0]])
+    >>> TrimmedMean(f=1)(x).tolist()
+    [2.5, 2.5]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bft_ray.errors import ConfigError
+from bft_ray.robust.base import Aggregator, NonFinitePolicy
+
+__all__ = [
+    "Bulyan",
+    "CenteredClipping",
+    "CoordinateWiseMedian",
+    "GeometricMedian",
+    "Krum",
+    "Mean",
+    "MultiKrum",
+    "TrimmedMean",
+    "coordinate_median",
+    "krum_scores",
+    "pairwise_sq_distances",
+    "sort_columns",
+]
+
+
+def pairwise_sq_distances(x: Tensor) -> Tensor:
+    """Squared Euclidean distances between the rows of ``x``, shape ``(n, n)``, in float64.
+
+    Uses the Gram matrix (``|a|^2 + |b|^2 - 2 a.b``: one matmul instead of an ``(n, n, d)``
+    tensor) in float64 after translating the rows by the first one: the norms become the size of
+    the spread between vectors, so the subtraction does not cancel catastrophically, and small
+    integer inputs stay exact (hand-checkable ties).
+
+    Example:
+        >>> pairwise_sq_distances(torch.tensor([[0.0, 0.0], [3.0, 4.0]])).tolist()
+        [[0.0, 25.0], [25.0, 0.0]]
+    """
+    x64 = x.to(torch.float64)
+    c = x64 - x64[0]
+    sq = (c * c).sum(dim=1)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * (c @ c.T)).clamp_min(0.0)
+    d2.fill_diagonal_(0.0)
+    return d2
+
+
+def sort_columns(x: Tensor) -> Tensor:
+    """``x`` sorted along dim 0 (each coordinate independently).
+
+    On CPU numpy's sort is about 3x faster than ``torch.sort`` for these short columns, and
+    sorting is most of the cost of the median-type rules.
+    """
+    if x.device.type == "cpu" and not x.requires_grad:
+        return torch.from_numpy(np.sort(x.numpy().T, axis=1).T)
+    return x.sort(dim=0).values
+
+
+def coordinate_median(x: Tensor) -> Tensor:
+    """Coordinate-wise median; the mean of the two middle values when ``n`` is even.
+
+    (``torch.median`` returns the lower middle value, which is not the textbook median.)
+
+    Example:
+        >>> coordinate_median(torch.tensor([[1.0], [2.0], [10.0], [4.0]])).tolist()
+        [3.0]
+    """
+    n = x.shape[0]
+    s = sort_columns(x)
+    if n % 2 == 1:
+        return s[n // 2].clone()
+    return (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def krum_scores(d2: Tensor | np.ndarray, f: int, subset: Sequence[int] | None = None) -> np.ndarray:
+    """Krum score of each row: sum of squared distances to its ``n - f - 2`` nearest others.
+
+    The ``(n, n)`` matrix is tiny, so this runs in numpy (float64), where small operations cost
+    a fraction of torch's per-call overhead.
+
+    Args:
+        d2: ``(n, n)`` squared distances.
+        f: Byzantine count.
+        subset: Optional indices restricting both the candidates and their neighbours
+            (used by Bulyan's iterated Krum).
+
+    Returns:
+        ``(len(subset),)`` scores; lower is more central.
+
+    Example:
+        >>> d2 = pairwise_sq_distances(torch.tensor([[0.0], [1.0], [2.0], [3.0], [50.0]]))
+        >>> krum_scores(d2, f=1).tolist()
+        [5.0, 2.0, 2.0, 5.0, 4513.0]
+    """
+    d = d2.detach().cpu().numpy() if isinstance(d2, Tensor) else np.asarray(d2)
+    d = d.astype(np.float64, copy=True)
+    if subset is not None:
+        d = d[np.ix_(list(subset), list(subset))]
+    r = d.shape[0]
+    k = max(r - f - 2, 0)
+    if k == 0:
+        return np.zeros(r)
+    # Exclude each row's distance to itself (0) by pushing the diagonal to +inf.
+    np.fill_diagonal(d, np.inf)
+    return np.sort(d, axis=1)[:, :k].sum(axis=1)
+
+
+class Mean(Aggregator):
+    """Arithmetic mean: the non-robust reference.
+
+    One Byzantine vector can move it arbitrarily far (breakdown point 0). It only requires that
+    not every input is Byzantine (``n > f``), so it can be benchmarked next to robust rules.
+    Unlike the robust rules it does not drop NaN/inf rows by default (``nonfinite="raise"``):
+    the reference averages everything it gets, and refuses rather than return NaN.
+
+    Example:
+        >>> import numpy as np
+        >>> Mean(f=0)(np.array([[1.0, 2.0], [3.0, 4.0]])).tolist()
+        [2.0, 3.0]
+    """
+
+    name = "mean"
+    breakdown = "n > f"
+
+    def __init__(self, f: int = 0, *, nonfinite: NonFinitePolicy = "raise") -> None:
+        super().__init__(f, nonfinite=nonfinite)
+
+    def min_n(self, f: int) -> int:
+        return f + 1
+
+    def _aggregate(self, x: Tensor, f: int) -> Tensor:
+        return x.mean(dim=0)
+
+
+class CoordinateWiseMedian(Aggregator):
+    """Coordinate-wise median (Yin et al. 2018). Needs ``n > 2f``.
+
+    Example:
+        >>> import numpy as np
+        >>> CoordinateWiseMedian(f=1)(np.array([[1.0, 9.0], [2.0, 8.0], [300.0, -7.0]])).tolist()
+        [2.0, 8.0]
+    """
+
+    name = "median"
+    breakdown = "n > 2f"
+
+    def _aggregate(self, x: Tensor, f: int) -> Tensor:
+        return coordinate_median(x)
+
+
+class TrimmedMean(Aggregator):
+    """Coordinate-wise trimmed mean: drop the ``f`` largest and ``f`` smallest values of each
+    coordinate, average the remaining ``n - 2f``. Needs ``n > 2f``.
+
+    Example:
+        >>> import numpy as np
+        >>> TrimmedMean(f=1)(np.array([[1.0], [2.0], [3.0], [100.0], [-50.0]])).tolist()
+        [2.0]
+    """
+
+    name = "trimmed_mean"
+    breakdown = "n > 2f"
+
+    def _aggregate(self, x: Tensor, f: int) -> Tensor:
+        if f == 0:
+            return x.mean(dim=0)
+        n = x.shape[0]
+        return sort_columns(x)[f : n - f].mean(dim=0)
+
+
+class GeometricMedian(Aggregator):
+    """Geometric median ``argmin_z sum_i ||z - x_i||`` by the smoothed Weiszfeld algorithm.
+
+    Needs ``n > 2f``. Iterates ``z <- sum_i w_i x_i / sum_i w_i`` with
+    ``w_i = 1 / max(eps, ||z - x_i||)`` from the mean, until an iteration lowers the objective
+    ``sum_i ||z - x_i||`` by at most ``tol`` relative (the stopping rule of RFA, Pillutla et al.),
+    or ``max_iter`` iterations ran. ``eps`` (their smoothing) keeps the weights finite when ``z``
+    lands on an input.
+
+    When the median is itself an input (typical when several workers send the same vector, e.g.
+    the mimic attack), Weiszfeld only creeps toward it; so every few iterations the input nearest
+    to ``z`` is tested with the exact optimality condition (Kuhn 1973): an input ``y`` repeated
+    ``m`` times is the geometric median iff ``||sum_{x_i != y} (x_i - y) / ||x_i - y|| || <= m``.
+
+    Args:
+        f: Byzantine inputs to tolerate.
+        tol: Relative convergence tolerance on the objective.
+        max_iter: Iteration cap; ``last_iterations`` / ``last_converged`` record what happened.
+        eps: Smoothing distance.
+
+    Example:
+        >>> import numpy as np
+        >>> # On a line the geometric median is the ordinary median.
+        >>> GeometricMedian(f=2)(np.array([[0.0], [1.0], [2.0], [3.0], [100.0]])).round(4).tolist()
+        [2.0]
+    """
+
+    name = "geometric_median"
+    breakdown = "n > 2f"
+
+    def __init__(
+        self,
+        f: int,
+        *,
+        tol: float = 1e-6,
+        max_iter: int = 200,
+        eps: float = 1e-8,
+        nonfinite: NonFinitePolicy = "drop",
+    ) -> None:
+        super().__init__(f, nonfinite=nonfinite)
+        if not tol > 0 or not eps > 0:
+            raise ConfigError(f"GeometricMedian needs tol > 0 and eps > 0 (got {tol}, {eps})")
+        if int(max_iter) < 1:
+            raise ConfigError(f"GeometricMedian needs max_iter >= 1 (got {max_iter})")
+        self.tol = float(tol)
+        self.max_iter = int(max_iter)
+        self.eps = float(eps)
+        self.last_iterations = 0
+        self.last_converged = True
+
+    def _aggregate(self, x: Tensor, f: int) -> Tensor:
+        z = x.mean(dim=0)
+        self.last_converged = False
+        self.last_iterations = 0
+        previous = float("inf")
+        while self.last_iterations < self.max_iter:
+            dist = (x - z).norm(dim=1)
+            objective = float(dist.sum())
+            # Converged when an iteration lowers sum_i ||z - x_i|| by at most tol (relative).
+            if previous - objective <= self.tol * objective:
+                self.last_converged = True
+                break
+            previous = objective
+            self.last_iterations += 1
+            if self.last_iterations % 4 == 0:
+                nearest = int(torch.argmin(dist))
+                if self._input_is_optimal(x, nearest):
+                    self.last_converged = True
+                    return x[nearest].clone()
+            w = 1.0 / dist.clamp_min(self.eps)
+            z = (w[:, None] * x).sum(dim=0) / w.sum()
+        return z
+
+    def _input_is_optimal(self, x: Tensor, i: int) -> bool:
+        """Kuhn's condition: is input ``i`` (with its duplicates) the geometric median?"""
+        diff = x - x[i]
+        norms = diff.norm(dim=1)
+        same = norms <= self.eps
+        pull = (diff[~same] / norms[~same, None]).sum(dim=0).norm()
+        return bool(pull <= same.sum())
+
+    def __repr__(self) -> str:
+        return f"GeometricMedian(f={self.f}, tol={self.tol}, max_iter={self.max_iter})"
+
+
+class Krum(Aggregator):
+    """Krum (Blanchard et al. 2017): the input with the smallest sum of squared distances to its
+    ``n - f - 2`` nearest neighbours. Needs ``n > 2f + 2``. Ties go to the lowest index.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[0.0], [1.0], [2.0], [3.0], [50.0]])
+        >>> Krum(f=1)(x).tolist()  # scores 1+4, 1+1, 1+1, 1+4, 47^2+48^2
+        [1.0]
+    """
+
+    name = "krum"
+    breakdown = "n > 2f + 2"
+
+    def min_n(self, f: int) -> int:
+        return 2 * f + 3
+
+    def _aggregate(self, x: Tensor, f: int) -> Tensor:
+        scores = krum_scores(pairwise_sq_distances(x), f)
+        return x[int(np.argmin(scores))].clone()
+
+
+class MultiKrum(Aggregator):
+    """Multi-Krum: the mean of the ``m`` inputs with the lowest Krum scores (default
+    ``m = n - f``). Needs ``n > 2f + 2``.
+
+    Args:
+        f: Byzantine inputs to tolerate.
+        m: How many inputs to average; ``None`` means ``n - f``.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[0.0], [1.0], [2.0], [3.0], [50.0]])
+        >>> MultiKrum(f=1)(x).tolist()
+        [1.5]
+    """
+
+    name = "multi_krum"
+    breakdown = "n > 2f + 2"
+
+    def __init__(self, f: int, *, m: int | None = None, nonfinite: NonFinitePolicy = "drop"):
+        super().__init__(f, nonfinite=nonfinite)
+        if m is not None and int(m) < 1:
+            raise ConfigError(f"MultiKrum needs m >= 1 (got m={m})")
+        self.m = None if m is None else int(m)
+
+    def min_n(self, f: int) -> int:
+        return 2 * f + 3
+
+    def _aggregate(self, x: Tensor, f: int) -> Tensor:
+        n = x.shape[0]
+        m = n - f if self.m is None else self.m
+        if m > n:
+            raise ConfigError(f"MultiKrum(m={m}) cannot average more than the n={n} inputs")
+        scores = krum_scores(pairwise_sq_distances(x), f)
+        chosen = torch.as_tensor(np.argsort(scores, kind="stable")[:m], device=x.device)
+        return x[chosen].mean(dim=0)
+
+    def __repr__(self) -> str:
+        return f"MultiKrum(f={self.f}, m={self.m})"
+
+
+class Bulyan(Aggregator):
+    """Bulyan (El Mhamdi et al. 2018). Needs ``n >= 4f + 3``.
+
+    1. Select ``theta = n - 2f`` inputs by iterated Krum: pick the Krum winner among the
+       remaining inputs, remove it, repeat.
+    2. For each coordinate, average the ``beta = theta - 2f`` selected values closest to the
+       coordinate-wise median of the selection.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0], [1000.0]])
+        >>> Bulyan(f=1)(x).tolist()  # iterated Krum keeps 2, 3, 1, 4, 0; mean of 1, 2, 3
+        [2.0]
+    """
+
+    name = "bulyan"
+    breakdown = "n >= 4f + 3"
+
+    def min_n(self, f: int) -> int:
+        return 4 * f + 3
+
+    def _aggregate(self, x: Tensor, f: int) -> Tensor:
+        n = x.shape[0]
+        theta = n - 2 * f
+        beta = theta - 2 * f
+        d2 = pairwise_sq_distances(x).cpu().numpy()
+        remaining = list(range(n))
+        selected: list[int] = []
+        for _ in range(theta):
+            winner = remaining[int(np.argmin(krum_scores(d2, f, remaining)))]
+            selected.append(winner)
+            remaining.remove(winner)
+        s = x[torch.tensor(sorted(selected), device=x.device)]
+        deviation = (s - coordinate_median(s)).abs()
+        if deviation.device.type == "cpu":
+            order = np.argsort(deviation.numpy(), axis=0, kind="stable")[:beta]
+            closest = torch.from_numpy(order)
+        else:
+            closest = torch.argsort(deviation, dim=0, stable=True)[:beta]
+        return s.gather(0, closest).mean(dim=0)
+
+
+class CenteredClipping(Aggregator):
+    """Centered clipping (Karimireddy, He & Jaggi 2021). Needs ``n > 2f``.
+
+    ``v <- v + mean_i clip(x_i - v, tau)`` repeated ``iterations`` times, where ``clip`` scales a
+    vector down to norm ``tau``. The start ``v`` is the previous call's output (the rule is meant
+    to be used with worker momentum, where consecutive aggregates are close), zero at first.
+    That state is exposed through :meth:`state_dict` so a replicated server can carry it.
+
+    Args:
+        f: Byzantine inputs to tolerate.
+        tau: Clipping radius (same units as the vectors).
+        iterations: Number of clipping iterations per call.
+        center: Optional initial center (a ``(d,)`` tensor/array).
+
+    Example:
+        >>> import numpy as np
+        >>> cc = CenteredClipping(f=1, tau=1.0, iterations=1)
+        >>> cc(np.array([[3.0, 4.0], [0.0, 0.0], [0.0, 0.0]])).round(4).tolist()
+        [0.2, 0.2667]
+    """
+
+    name = "centered_clipping"
+    breakdown = "n > 2f"
+
+    def __init__(
+        self,
+        f: int,
+        *,
+        tau: float = 1.0,
+        iterations: int = 3,
+        center: Any = None,
+        nonfinite: NonFinitePolicy = "drop",
+    ) -> None:
+        super().__init__(f, nonfinite=nonfinite)
+        if not tau > 0:
+            raise ConfigError(f"CenteredClipping needs tau > 0 (got {tau})")
+        if int(iterations) < 1:
+            raise ConfigError(f"CenteredClipping needs iterations >= 1 (got {iterations})")
+        self.tau = float(tau)
+        self.iterations = int(iterations)
+        self.center: Tensor | None = None if center is None else torch.as_tensor(center).flatten()
+
+    def _aggregate(self, x: Tensor, f: int) -> Tensor:
+        d = x.shape[1]
+        if self.center is None:
+            v = torch.zeros(d, dtype=x.dtype, device=x.device)
+        else:
+            if self.center.numel() != d:
+                raise ConfigError(
+                    f"CenteredClipping center has {self.center.numel()} coordinates but the "
+                    f"inputs have {d}: call reset() when the model changes"
+                )
+            v = self.center.to(dtype=x.dtype, device=x.device)
+        for _ in range(self.iterations):
+            diff = x - v
+            norms = diff.norm(dim=1)
+            scale = torch.where(norms > self.tau, self.tau / norms, torch.ones_like(norms))
+            v = v + (diff * scale[:, None]).mean(dim=0)
+        self.center = v.detach().clone()
+        return v
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"center": None if self.center is None else self.center.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        center = state.get("center")
+        self.center = None if center is None else torch.as_tensor(center).flatten().clone()
+
+    def __repr__(self) -> str:
+        return f"CenteredClipping(f={self.f}, tau={self.tau}, iterations={self.iterations})"
