@@ -407,6 +407,17 @@ class TrustedVerifier:
         slot.info = self.pool.infos[slot.info.executor_id]
         return description
 
+    async def executor_handles(self) -> list[dict[str, Any]]:
+        """Live executors: ``index``, ``executor_id``, ``node_id`` and the actor ``handle``.
+
+        For layers that place their own long-lived work on the pool without replication (robust
+        data-parallel training hosts one worker per executor).
+        """
+        return [
+            {"index": s.index, "executor_id": s.info.executor_id, "node_id": s.info.node_id, "handle": s.handle}
+            for s in sorted(self.pool.live(), key=lambda s: s.index)
+        ]
+
     async def flags(self, executor_id: str) -> list:
         """The flags (with evidence) raised against one executor."""
         return list(self.reputation.get(executor_id).flags)
