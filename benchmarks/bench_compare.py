@@ -57,10 +57,18 @@ def main() -> None:
             assert not np.array_equal(a, b) and np.allclose(a, b, rtol=tol.rtol, atol=tol.atol)
             threads = blake3.blake3.AUTO if a.nbytes >= _PARALLEL_BYTES else 1
             view = memoryview(a).cast("B")
-            t_raw = best_of(lambda: blake3.blake3(view, max_threads=threads).digest())
-            t_ours = best_of(lambda: digest(a))
-            t_np = best_of(lambda: np.allclose(a, b, rtol=tol.rtol, atol=tol.atol), repeats=5)
-            t_cmp = best_of(lambda: compare(a, b, tol, detail=False), repeats=5)
+            # Small sizes are quick and noisy on a shared machine: more repeats.
+            reps = 25 if mb <= 4 else REPEATS
+            t_raw, t_ours, t_np, t_cmp = (float("inf"),) * 4
+            for _ in range(reps):  # interleaved, so a noisy moment hits both sides alike
+                t_raw = min(
+                    t_raw, best_of(lambda: blake3.blake3(view, max_threads=threads).digest(), 1)
+                )
+                t_ours = min(t_ours, best_of(lambda: digest(a), 1))
+                t_np = min(
+                    t_np, best_of(lambda: np.allclose(a, b, rtol=tol.rtol, atol=tol.atol), 1)
+                )
+                t_cmp = min(t_cmp, best_of(lambda: compare(a, b, tol, detail=False), 1))
             assert compare(a, b, tol).agree
             gb = a.nbytes / 1e9
             row = {
