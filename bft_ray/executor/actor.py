@@ -1,9 +1,8 @@
 """The executor actor: an untrusted worker pinned to one GPU.
 
 Each executor is a long-lived Ray actor with its own Ed25519 identity. It runs user functions and
-hosts replicas of user class instances; for every call it returns the output (as its own object
-in the object store) and a signed :class:`~bft_ray.executor.attestation.Attestation` of the
-output's digest. Fault injection wraps the honest computation here, because this is where a real
+hosts replicas of user class instances; for every call it returns one object, the pair of the output and
+a signed :class:`~bft_ray.executor.attestation.Attestation` of the output's digest. Fault injection wraps the honest computation here, because this is where a real
 faulty or malicious machine would lie.
 
 The actor is created with retries off (``max_restarts=0``, ``max_task_retries=0``): Ray must not
@@ -104,6 +103,7 @@ class ExecutorActor:
         self, spec: TaskSpec, fn_key: str, fn: Any, /, *args: Any, **kwargs: Any
     ) -> tuple[Any, Attestation]:
         """Run the function ``fn_key`` on ``(*args, **kwargs)``; returns ``(output, attestation)``.
+
 
         The function object travels once per executor: the verifier passes it (``fn``) on the
         first call and ``None`` afterwards, and the executor keeps it under ``fn_key``. That

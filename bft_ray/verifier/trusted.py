@@ -115,7 +115,7 @@ class _Instance:
     repairs: int = 0
 
 
-Invoke = Callable[[Slot, TaskSpec], tuple[Any, Any]]
+Invoke = Callable[[Slot, TaskSpec], Any]  # returns the ObjectRef of (output, attestation)
 
 
 class TrustedVerifier:
@@ -175,12 +175,12 @@ class TrustedVerifier:
         fn_ref = fn_box[0]
         fn_key = fn_ref.hex()
 
-        def invoke(slot: Slot, spec: TaskSpec) -> tuple[Any, Any]:
+        def invoke(slot: Slot, spec: TaskSpec) -> Any:
             # Send the function itself only on an executor's first call with it.
             sent = self._functions_sent.setdefault(slot.info.executor_id, set())
             first = fn_key not in sent
             sent.add(fn_key)
-            return slot.handle.run.options(num_returns=2, **call.call_options).remote(
+            return slot.handle.run.options(**call.call_options).remote(
                 spec, fn_key, fn_ref if first else None, *args, **kwargs
             )
 
@@ -282,8 +282,8 @@ class TrustedVerifier:
         if inst is None:
             raise ExecutorUnavailableError(f"unknown or dropped instance {instance_id!r}")
 
-        def invoke(slot: Slot, spec: TaskSpec) -> tuple[Any, Any]:
-            return slot.handle.call.options(num_returns=2, **call.call_options).remote(
+        def invoke(slot: Slot, spec: TaskSpec) -> Any:
+            return slot.handle.call.options(**call.call_options).remote(
                 spec, instance_id, method, *args, **kwargs
             )
 
@@ -358,9 +358,7 @@ class TrustedVerifier:
             for seq, (method, args, kwargs) in enumerate(inst.log):
                 # Replayed answers are discarded: only the state they leave behind matters.
                 spec = TaskSpec(f"{inst.instance_id}/{seq}", -1, f"{inst.name}.{method} (replay)")
-                slot.handle.call.options(num_returns=2).remote(
-                    spec, inst.instance_id, method, *args, **kwargs
-                )
+                slot.handle.call.remote(spec, inst.instance_id, method, *args, **kwargs)
             inst.holders.append(eid)
             inst.repairs += 1
             logger.info(
@@ -414,7 +412,12 @@ class TrustedVerifier:
         data-parallel training hosts one worker per executor).
         """
         return [
-            {"index": s.index, "executor_id": s.info.executor_id, "node_id": s.info.node_id, "handle": s.handle}
+            {
+                "index": s.index,
+                "executor_id": s.info.executor_id,
+                "node_id": s.info.node_id,
+                "handle": s.handle,
+            }
             for s in sorted(self.pool.live(), key=lambda s: s.index)
         ]
 
@@ -554,12 +557,11 @@ class _Replication:
     async def _collect_one(self, eid: str, attempt: int, refs: Any) -> _Outcome:
         if isinstance(refs, BaseException):
             return _Outcome(eid, attempt, "crashed", reason=f"submit failed: {refs}")
-        out_ref, att_ref = refs
         timeout = self.policy.timeout_s
         try:
-            att, output = await asyncio.wait_for(
-                asyncio.gather(_as_future(att_ref), _as_future(out_ref)), timeout=timeout
-            )
+            # One object per replica, (output, attestation): the verifier needs both anyway, and
+            # one ref instead of two halves the cross-thread wake-ups per call.
+            output, att = await asyncio.wait_for(_as_future(refs), timeout=timeout)
         except asyncio.TimeoutError:
             return _Outcome(eid, attempt, "timeout", reason=f"no answer within {timeout:g}s")
         except ray.exceptions.RayTaskError as exc:
