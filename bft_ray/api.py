@@ -135,15 +135,16 @@ class BftCluster:
         fault_lib.resolve(fault)
         return ray.get(self._verifier.inject_fault.remote(index, fault))
 
-    def executor_handles(self) -> list[dict[str, Any]]:
-        """Live executors with their actor handles, for layers that place unreplicated work.
+    def executor_handles(self, include_quarantined: bool = False) -> list[dict[str, Any]]:
+        """Executors in service with their actor handles, for layers that place unreplicated work.
 
-        Each entry has ``index``, ``executor_id``, ``node_id`` and ``handle`` (an
+        Each entry has ``index``, ``executor_id``, ``node_id``, ``status``, ``fault`` (the
+        injected behaviour now, including changes by :meth:`inject_fault`) and ``handle`` (an
         :class:`~bft_ray.executor.actor.ExecutorActor` handle: ``create_instance``, ``call``,
         ``run``). Calls made this way are *not* verified; their answers still pass through the
         executor's injected fault behaviour and come with a signed attestation.
         """
-        return ray.get(self._verifier.executor_handles.remote())
+        return ray.get(self._verifier.executor_handles.remote(include_quarantined))
 
     def flags(self, executor_id: str) -> list:
         """Flags raised against an executor, each with its signed evidence."""

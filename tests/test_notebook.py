@@ -15,10 +15,15 @@ NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "explore.ipynb"
 
 def test_exploration_notebook_executes(tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
     outputs = "".join(
-        o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+        o.get("text", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for o in cell.get("outputs", [])
     )
     assert "valid: True" in outputs and "valid for a tampered value: False" in outputs
     assert "attestation signature valid: True" in outputs

@@ -2,7 +2,9 @@
 
 Aggregators (``n`` vectors, up to ``f`` Byzantine, in; one vector out), pre-aggregators that
 compose with them, the attacks of the literature, and a seeded in-process data-parallel trainer
-whose pieces (worker step, Byzantine vectors, server step) a Ray layer can run remotely.
+whose pieces (worker step, Byzantine vectors, server step) a Ray layer can run remotely;
+:mod:`bft_ray.robust.ray_training` is that layer (workers on bft-ray executors, attacks as
+fault behaviours, optionally verified server steps).
 
 Example:
     >>> import numpy as np
@@ -48,6 +50,15 @@ from bft_ray.robust.base import (
     RobustRule,
 )
 from bft_ray.robust.preaggregators import ARC, NNM, Bucketing, StaticClipping
+from bft_ray.robust.ray_training import (
+    AttackBehaviour,
+    RayTrainer,
+    RayTrainResult,
+    attack_faults,
+    robust_attack,
+    train_on_ray,
+    verified_server_step,
+)
 from bft_ray.robust.registry import (
     AGGREGATORS,
     PRE_AGGREGATORS,
@@ -83,6 +94,7 @@ __all__ = [
     "PRE_AGGREGATORS",
     "Aggregator",
     "Attack",
+    "AttackBehaviour",
     "Bucketing",
     "Bulyan",
     "CenteredClipping",
@@ -101,6 +113,8 @@ __all__ = [
     "NonFiniteInputError",
     "Pipeline",
     "PreAggregator",
+    "RayTrainResult",
+    "RayTrainer",
     "RobustRule",
     "Server",
     "SignFlip",
@@ -113,6 +127,7 @@ __all__ = [
     "WorkerGroup",
     "alie_z",
     "assemble",
+    "attack_faults",
     "attack_generator",
     "available_rules",
     "byzantine_rows",
@@ -123,6 +138,9 @@ __all__ = [
     "make_attack",
     "make_model",
     "make_shards",
+    "robust_attack",
     "server_step",
     "train",
+    "train_on_ray",
+    "verified_server_step",
 ]

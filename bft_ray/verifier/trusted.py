@@ -405,20 +405,26 @@ class TrustedVerifier:
         slot.info = self.pool.infos[slot.info.executor_id]
         return description
 
-    async def executor_handles(self) -> list[dict[str, Any]]:
-        """Live executors: ``index``, ``executor_id``, ``node_id`` and the actor ``handle``.
+    async def executor_handles(self, include_quarantined: bool = False) -> list[dict[str, Any]]:
+        """Executors in service: ``index``, ``executor_id``, ``node_id``, ``status``, ``fault``
+        (the injected behaviour now) and the actor ``handle``.
 
         For layers that place their own long-lived work on the pool without replication (robust
-        data-parallel training hosts one worker per executor).
+        data-parallel training hosts one worker per executor). Quarantine is about verified
+        work; such layers may still want quarantined executors (``include_quarantined``).
         """
+        wanted = {"alive", "quarantined"} if include_quarantined else {"alive"}
         return [
             {
                 "index": s.index,
                 "executor_id": s.info.executor_id,
                 "node_id": s.info.node_id,
+                "status": s.status,
+                "fault": s.info.fault,
                 "handle": s.handle,
             }
-            for s in sorted(self.pool.live(), key=lambda s: s.index)
+            for s in sorted(self.pool.slots.values(), key=lambda s: s.index)
+            if s.status in wanted
         ]
 
     async def flags(self, executor_id: str) -> list:
