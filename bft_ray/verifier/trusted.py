@@ -184,7 +184,7 @@ class TrustedVerifier:
                 spec, fn_key, fn_ref if first else None, *args, **kwargs
             )
 
-        async def run() -> tuple[Any, Certificate]:
+        async def run() -> tuple[Any, Callable[[], Certificate]]:
             self.pool.require(int(call.policy.quorum or 1), call.name)
             rep = _Replication(self, call, invoke, instance=None)
             rep.start(rep.pick(call.policy.replicas))
@@ -276,7 +276,7 @@ class TrustedVerifier:
         method: str,
         args: list,
         kwargs: dict,
-    ) -> tuple[Any, Certificate]:
+    ) -> tuple[Any, Callable[[], Certificate]]:
         await _as_future(ready_box[0])
         inst = self.instances.get(instance_id)
         if inst is None:
@@ -309,15 +309,19 @@ class TrustedVerifier:
         the value is returned). Never raises: an error result is re-raised by the caller's
         ``bft_ray.certificate``, so no error object is left unread in the object store.
         """
-        if task_id not in self._verdicts:
-            return "error", CertificateError(
-                f"no certificate for task {task_id!r}: unknown, or older than the last "
-                f"{self.keep_certificates} calls (raise keep_certificates in bft_ray.init)."
-            )
-        return self._verdicts[task_id]
+        if task_id in self._verdicts:
+            status, payload = self._verdicts[task_id]
+            if status == "ok" and not isinstance(payload, Certificate):
+                payload = payload()  # sign now, once
+                self._verdicts[task_id] = (status, payload)
+            return status, payload
+        return "error", CertificateError(
+            f"no certificate for task {task_id!r}: unknown, or older than the last "
+            f"{self.keep_certificates} calls (raise keep_certificates in bft_ray.init)."
+        )
 
     async def _verdict(self, task_id: str, work: Any) -> Any:
-        """Run a call's verification and keep its certificate (or error) for later retrieval."""
+        """Run a call's verification and keep its certificate issuer (or error) for later."""
         try:
             value, cert = await work
         except Exception as exc:
@@ -626,7 +630,7 @@ class _Replication:
             self.policy,
         )
 
-    async def finish(self) -> tuple[Any, Certificate]:
+    async def finish(self) -> tuple[Any, Callable[[], Certificate]]:
         counters = self.v.counters
         counters["calls"] += 1
         evaluation = self._evaluate()
@@ -706,7 +710,7 @@ class _Replication:
             task_id=tid,
         )
 
-    def _conclude(self, ev: Evaluation) -> Certificate:
+    def _conclude(self, ev: Evaluation) -> Callable[[], Certificate]:
         accepted = ev.accepted
         assert accepted is not None
         rep = self.comparable[accepted.representative]
@@ -730,19 +734,26 @@ class _Replication:
             for o in self.outcomes
             if not o.comparable
         ]
-        return Certificate.issue(
-            self.v._key,
-            self.v.verifier_id,
+        # Signing is deferred to the first bft_ray.certificate() call: most callers never ask,
+        # and the verdict's latency should not pay for an Ed25519 signature.
+        fields = dict(
             task_id=self.call.task_id,
             name=self.call.name,
             digest=rep.digest,
-            tolerance=self.policy.tolerance.describe(),
+            tolerance=self.policy.tolerance,
             quorum=ev.needed,
             compared=len(self.comparable) + len(self.running),
             representative=rep.executor_id,
             agreeing=tuple(agreeing),
             dissenting=tuple(dissent),
         )
+        key, verifier_id = self.v._key, self.v.verifier_id
+
+        def issue() -> Certificate:
+            tol = fields.pop("tolerance")
+            return Certificate.issue(key, verifier_id, tolerance=tol.describe(), **fields)
+
+        return issue
 
     async def _judge_late(self, rep: _Outcome) -> None:
         """Judge replicas still running at verdict time, for their reputation only."""
