@@ -194,6 +194,35 @@ class TrimmedMean(Aggregator):
         return sort_columns(x)[f : n - f].mean(dim=0)
 
 
+def _content_keys(x: Tensor) -> list[bytes]:
+    """Per row, bytes whose lexicographic order is the numeric order of the row's values.
+
+    A tie-break that depends on the rows' values, not on their positions. Floats are mapped to
+    unsigned integers in IEEE order (negatives: all bits flipped; others: sign bit set) and
+    written big-endian, so comparing the bytes compares the rows value by value.
+    """
+    rows = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float64)
+    bits = rows.view(np.uint64)
+    negative = (bits >> np.uint64(63)) == 1
+    ordered = np.where(negative, ~bits, bits | np.uint64(1 << 63))
+    return [row.astype(">u8").tobytes() for row in ordered]
+
+
+def _rank(
+    scores: np.ndarray, keys: Sequence[bytes], subset: Sequence[int] | None = None
+) -> list[int]:
+    """Indices (of ``subset``, or all rows) by increasing score; equal scores go to the
+    lexicographically smaller row.
+
+    Iterated Krum produces exact ties by construction (two mutual nearest neighbours have the
+    same score once few rows remain); breaking them by index would make the result depend on
+    the order of the inputs (found by the full hypothesis profile on Bulyan).
+    """
+    idx = list(range(len(scores))) if subset is None else list(subset)
+    order = sorted(range(len(idx)), key=lambda j: (float(scores[j]), keys[idx[j]]))
+    return [idx[j] for j in order]
+
+
 class GeometricMedian(Aggregator):
     """Geometric median ``argmin_z sum_i ||z - x_i||`` by the smoothed Weiszfeld algorithm.
 
@@ -298,7 +327,7 @@ class Krum(Aggregator):
 
     def _aggregate(self, x: Tensor, f: int) -> Tensor:
         scores = krum_scores(pairwise_sq_distances(x), f)
-        return x[int(np.argmin(scores))].clone()
+        return x[_rank(scores, _content_keys(x))[0]].clone()
 
 
 class MultiKrum(Aggregator):
@@ -334,7 +363,7 @@ class MultiKrum(Aggregator):
         if m > n:
             raise ConfigError(f"MultiKrum(m={m}) cannot average more than the n={n} inputs")
         scores = krum_scores(pairwise_sq_distances(x), f)
-        chosen = torch.as_tensor(np.argsort(scores, kind="stable")[:m], device=x.device)
+        chosen = torch.as_tensor(_rank(scores, _content_keys(x))[:m], device=x.device)
         return x[chosen].mean(dim=0)
 
     def __repr__(self) -> str:
@@ -367,10 +396,11 @@ class Bulyan(Aggregator):
         theta = n - 2 * f
         beta = theta - 2 * f
         d2 = pairwise_sq_distances(x).cpu().numpy()
+        keys = _content_keys(x)
         remaining = list(range(n))
         selected: list[int] = []
         for _ in range(theta):
-            winner = remaining[int(np.argmin(krum_scores(d2, f, remaining)))]
+            winner = _rank(krum_scores(d2, f, remaining), keys, remaining)[0]
             selected.append(winner)
             remaining.remove(winner)
         s = x[torch.tensor(sorted(selected), device=x.device)]
