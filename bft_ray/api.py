@@ -34,6 +34,7 @@ from typing import Any, TypeVar, overload
 
 import ray
 from ray import ObjectRef
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from bft_ray import faults as fault_lib
 from bft_ray.config import ClusterSpec, Policy, Tolerance, validated
@@ -306,9 +307,16 @@ def init(
         if started:
             ray.shutdown()  # leave nothing running behind a failed init
         raise
+    # The verifier is trusted: keep it on the driver's node (the head under `ray job submit`),
+    # never on an untrusted executor node, whose loss would also take the verifier with it.
+    on_driver_node = NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=False
+    )
     verifier = (
         ray.remote(TrustedVerifier)
-        .options(num_cpus=0, max_restarts=0, max_concurrency=10_000)
+        .options(
+            num_cpus=0, max_restarts=0, max_concurrency=10_000, scheduling_strategy=on_driver_node
+        )
         .remote(
             setup,
             quarantine=QuarantinePolicy(
@@ -541,7 +549,7 @@ def _policy(options: dict[str, Any]) -> Policy:
     return validated(Policy, **ours)
 
 
-def _prepare_args(cluster: BftCluster, args: tuple, kwargs: dict) -> tuple[list, dict]:
+def _prepare_args(args: tuple, kwargs: dict) -> tuple[list, dict]:
     """Large arrays go to the object store once; small values travel inline."""
 
     def prep(a: Any) -> Any:
@@ -549,14 +557,9 @@ def _prepare_args(cluster: BftCluster, args: tuple, kwargs: dict) -> tuple[list,
             return a
         if isinstance(a, VerifiedRef):
             return a.ref
-        nbytes = getattr(a, "nbytes", None)
+        nbytes = getattr(a, "nbytes", None)  # numpy arrays and torch tensors both have it
         if isinstance(nbytes, int) and nbytes > _INLINE_ARG_BYTES:
             return ray.put(a)
-        if type(a).__module__.startswith("torch"):
-            import torch
-
-            if isinstance(a, torch.Tensor) and a.element_size() * a.nelement() > _INLINE_ARG_BYTES:
-                return ray.put(a)
         return a
 
     return [prep(a) for a in args], {k: prep(v) for k, v in kwargs.items()}
@@ -598,7 +601,7 @@ class VerifiedFunction:
         call = CallSpec(
             _new_task_id(self.__name__), self.__qualname__, self.policy, self._call_options
         )
-        a, kw = _prepare_args(cluster, args, kwargs)
+        a, kw = _prepare_args(args, kwargs)
         value_ref = cluster._verifier.submit.remote(call, [cluster._put(self._fn)], a, kw)
         return VerifiedRef(value_ref, call.task_id, call.name, cluster._verifier)
 
@@ -639,7 +642,7 @@ class VerifiedClass:
         call = CallSpec(
             _new_task_id(self.__name__), self.__qualname__, self.policy, self._call_options
         )
-        a, kw = _prepare_args(cluster, args, kwargs)
+        a, kw = _prepare_args(args, kwargs)
         ready = cluster._verifier.create_instance.remote(call, [cluster._put(self._cls)], a, kw)
         return VerifiedActorHandle(cluster, self._cls, call, ready)
 
@@ -700,7 +703,7 @@ class VerifiedActorHandle:
             call = dataclasses.replace(
                 self._call, task_id=f"{self.instance_id}/{seq}", name=f"{self._call.name}.{method}"
             )
-            a, kw = _prepare_args(cluster, args, kwargs)
+            a, kw = _prepare_args(args, kwargs)
             value_ref = cluster._verifier.call_method.remote(
                 call, self.instance_id, [self._ready], seq, method, a, kw
             )

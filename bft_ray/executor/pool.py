@@ -163,7 +163,6 @@ class ExecutorPool:
         self.by_id: dict[str, Slot] = {s.info.executor_id: s for s in setup.slots}
         self.infos: dict[str, ExecutorInfo] = {s.info.executor_id: s.info for s in setup.slots}
         self.keys: dict[str, bytes] = {s.info.executor_id: s.info.public_key for s in setup.slots}
-        self.retired: dict[str, ExecutorInfo] = {}
         self.inflight: collections.Counter[str] = collections.Counter()  # calls per executor id
         self._respawn_tasks: set[asyncio.Task] = set()
         self.respawn_timeout_s = 300.0
@@ -193,7 +192,6 @@ class ExecutorPool:
         slot = self.by_id[executor_id]
         logger.warning("executor %s retired: %s", executor_id, reason)
         slot.status = "dead"
-        self.retired[executor_id] = slot.info
         if kill:
             ray.kill(slot.handle, no_restart=True)
         if slot.respawns < self.setup.max_respawns:
