@@ -40,10 +40,12 @@ from bft_ray.api import (
 from bft_ray.config import ClusterSpec, Policy, Tolerance
 from bft_ray.errors import (
     BftRayError,
+    CapabilityError,
     CertificateError,
     ConfigError,
     ExecutorUnavailableError,
     NoQuorumError,
+    UserCodeError,
     VerificationError,
     VerificationTimeoutError,
 )
@@ -55,6 +57,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BftCluster",
     "BftRayError",
+    "CapabilityError",
     "Certificate",
     "CertificateError",
     "ClusterSpec",
@@ -64,6 +67,7 @@ __all__ = [
     "Policy",
     "Report",
     "Tolerance",
+    "UserCodeError",
     "VerificationError",
     "VerificationTimeoutError",
     "VerifiedActorHandle",

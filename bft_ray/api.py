@@ -37,13 +37,18 @@ from ray import ObjectRef
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from bft_ray import faults as fault_lib
+from bft_ray.compare.digest import digest_wire
+from bft_ray.compare.wire import UnsupportedTypeError, encode
 from bft_ray.config import ClusterSpec, Policy, Tolerance, validated
 from bft_ray.errors import BftRayError, ConfigError, VerificationTimeoutError
+from bft_ray.executor import guard
+from bft_ray.executor.actor import inside_executor
 from bft_ray.executor.pool import create_pool, local_gpu_count
 from bft_ray.report import Report
 from bft_ray.trust.reputation import QuarantinePolicy
-from bft_ray.verifier.certificate import Certificate
-from bft_ray.verifier.trusted import CallSpec, TrustedVerifier
+from bft_ray.verifier.certificate import Certificate, FunctionId
+from bft_ray.verifier.records import CallMeta
+from bft_ray.verifier.trusted import CallSpec, TrustedVerifier, admin_capability
 
 __all__ = [
     "BftCluster",
@@ -97,7 +102,9 @@ class BftCluster:
         self._started_ray = started_ray
         self._setup = setup
         self._verifier_key: bytes = ray.get(verifier.public_key.remote())
-        self._put_cache: dict[int, tuple[Any, ObjectRef]] = {}
+        # The driver's capability: only this handle may steer the verifier and executors.
+        self._admin = admin_capability(setup.master)
+        self._put_cache: dict[int, tuple[Any, ObjectRef, FunctionId]] = {}
         self.closed = False
 
     @property
@@ -134,7 +141,7 @@ class BftCluster:
         if not 0 <= index < self.spec.executors:
             raise ConfigError(f"no executor slot {index}; slots are 0..{self.spec.executors - 1}")
         fault_lib.resolve(fault)
-        return ray.get(self._verifier.inject_fault.remote(index, fault))
+        return ray.get(self._verifier.inject_fault.remote(self._admin, index, fault))
 
     def executor_handles(self, include_quarantined: bool = False) -> list[dict[str, Any]]:
         """Executors in service with their actor handles, for layers that place unreplicated work.
@@ -142,23 +149,26 @@ class BftCluster:
         Each entry has ``index``, ``executor_id``, ``node_id``, ``status``, ``fault`` (the
         injected behaviour now, including changes by :meth:`inject_fault`) and ``handle`` (an
         :class:`~bft_ray.executor.actor.ExecutorActor` handle: ``create_instance``, ``call``,
-        ``run``). Calls made this way are *not* verified; their answers still pass through the
-        executor's injected fault behaviour and come with a signed attestation.
+        ``run``), ``slot``, ``public_key`` (its registered key) and ``capability`` (the slot's
+        token, which every steering executor method takes first). Calls made this way are *not*
+        verified; their answers still pass through the executor's injected fault behaviour and
+        come back as signed answer envelopes: read them with
+        :func:`bft_ray.verifier.admission.admit`.
         """
-        return ray.get(self._verifier.executor_handles.remote(include_quarantined))
+        return ray.get(self._verifier.executor_handles.remote(self._admin, include_quarantined))
 
     def flags(self, executor_id: str) -> list:
         """Flags raised against an executor, each with its signed evidence."""
         return ray.get(self._verifier.flags.remote(executor_id))
 
-    def _put(self, obj: Any) -> ObjectRef:
-        # Functions and classes are stored once per cluster, not once per call.
+    def _put(self, obj: Any) -> tuple[ObjectRef, FunctionId]:
+        # Functions and classes are stored (and identified) once per cluster, not once per call.
         key = id(obj)
         hit = self._put_cache.get(key)
         if hit is None or hit[0] is not obj:
-            hit = (obj, ray.put(obj))
+            hit = (obj, ray.put(obj), _function_id(obj))
             self._put_cache[key] = hit
-        return hit[1]
+        return hit[1], hit[2]
 
     def shutdown(self) -> None:
         """Stop the verifier and executors (and Ray, if :func:`init` started it)."""
@@ -167,7 +177,7 @@ class BftCluster:
             return
         self.closed = True
         try:
-            ray.get(self._verifier.shutdown.remote(), timeout=30)
+            ray.get(self._verifier.shutdown.remote(self._admin), timeout=30)
         except Exception as exc:
             logger.debug("verifier shutdown: %s", exc)
         try:
@@ -275,6 +285,8 @@ def init(
                 "(or cluster.shutdown()) before initialising again."
             )
 
+    # Nothing an executor produces is ever unpickled in this process either.
+    guard.install()
     started = False
     if not ray.is_initialized():
         target = spec.address or os.environ.get("RAY_ADDRESS")
@@ -302,7 +314,7 @@ def init(
             )
         started = True
     try:
-        setup = create_pool(spec, seed=seed, max_respawns=max_respawns)
+        setup = create_pool(spec, seed=seed, max_respawns=max_respawns, master=os.urandom(32))
     except BaseException:
         if started:
             ray.shutdown()  # leave nothing running behind a failed init
@@ -569,6 +581,51 @@ def _new_task_id(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:16]}"
 
 
+def _function_id(obj: Any) -> FunctionId:
+    """Module, qualified name and a digest of the pickled code: what a certificate binds."""
+    import blake3
+    import cloudpickle
+
+    try:
+        code = blake3.blake3(cloudpickle.dumps(obj)).hexdigest()
+    except Exception:  # unpicklable objects fail later, in ray.put, with Ray's own message
+        code = ""
+    return FunctionId(
+        getattr(obj, "__module__", "") or "", getattr(obj, "__qualname__", repr(obj)), code
+    )
+
+
+def _args_digest(args: list, kwargs: dict) -> bytes:
+    """Digest of a call's arguments as sent (object refs by id), bound into its certificate."""
+
+    def norm(a: Any) -> Any:
+        return {"object_ref": a.hex()} if isinstance(a, ObjectRef) else a
+
+    call = [[norm(a) for a in args], {str(k): norm(v) for k, v in kwargs.items()}]
+    try:
+        return digest_wire(encode(call))
+    except UnsupportedTypeError:
+        import pickle
+
+        import blake3
+
+        # Arguments are the caller's own, trusted values; pickle is a stable enough commitment
+        # for values the canonical form does not cover.
+        try:
+            return blake3.blake3(pickle.dumps(call, protocol=5)).digest()
+        except Exception:
+            return b"\x00" * 32
+
+
+def _refuse_nested(what: str) -> None:
+    if inside_executor():
+        raise ConfigError(
+            f"{what} was called from inside a verified function. Nested verified calls would "
+            "multiply replicas and can deadlock the executors; compute the value in the outer "
+            "function, or call the verified function from the driver."
+        )
+
+
 class VerifiedFunction:
     """A function whose calls are replicated on untrusted executors and verified.
 
@@ -596,13 +653,15 @@ class VerifiedFunction:
 
     def remote(self, *args: Any, **kwargs: Any) -> VerifiedRef:
         """Submit a verified call; returns immediately with a :class:`VerifiedRef`."""
+        _refuse_nested(f"{self.__qualname__}.remote()")
         cluster = current_cluster()
         _check_fits(self.policy, self._ray_options, cluster, self.__qualname__)
-        call = CallSpec(
-            _new_task_id(self.__name__), self.__qualname__, self.policy, self._call_options
-        )
+        fn_ref, fn_id = cluster._put(self._fn)
         a, kw = _prepare_args(args, kwargs)
-        value_ref = cluster._verifier.submit.remote(call, [cluster._put(self._fn)], a, kw)
+        task_id = _new_task_id(self.__name__)
+        meta = CallMeta(task_id, self.__qualname__, fn_id, _args_digest(a, kw))
+        call = CallSpec(task_id, self.__qualname__, self.policy, self._call_options, meta)
+        value_ref = cluster._verifier.submit.remote(call, [fn_ref], a, kw)
         return VerifiedRef(value_ref, call.task_id, call.name, cluster._verifier)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -637,13 +696,15 @@ class VerifiedClass:
 
     def remote(self, *args: Any, **kwargs: Any) -> VerifiedActorHandle:
         """Create a replicated instance; returns at once with its handle."""
+        _refuse_nested(f"{self.__qualname__}.remote()")
         cluster = current_cluster()
         _check_fits(self.policy, self._ray_options, cluster, self.__qualname__)
-        call = CallSpec(
-            _new_task_id(self.__name__), self.__qualname__, self.policy, self._call_options
-        )
+        cls_ref, cls_id = cluster._put(self._cls)
+        task_id = _new_task_id(self.__name__)
         a, kw = _prepare_args(args, kwargs)
-        ready = cluster._verifier.create_instance.remote(call, [cluster._put(self._cls)], a, kw)
+        meta = CallMeta(task_id, self.__qualname__, cls_id, _args_digest(a, kw))
+        call = CallSpec(task_id, self.__qualname__, self.policy, self._call_options, meta)
+        ready = cluster._verifier.create_instance.remote(call, [cls_ref], a, kw)
         return VerifiedActorHandle(cluster, self._cls, call, ready)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -698,12 +759,24 @@ class VerifiedActorHandle:
 
     def _submit(self, method: str, args: tuple, kwargs: dict) -> VerifiedRef:
         cluster = self._cluster
+        _refuse_nested(f"{self._call.name}.{method}.remote()")
         with self._seq_lock:
             seq = next(self._seq)
-            call = dataclasses.replace(
-                self._call, task_id=f"{self.instance_id}/{seq}", name=f"{self._call.name}.{method}"
-            )
             a, kw = _prepare_args(args, kwargs)
+            task_id = f"{self.instance_id}/{seq}"
+            name = f"{self._call.name}.{method}"
+            base = self._call.meta
+            fn_id = (
+                FunctionId(
+                    base.function.module,
+                    f"{base.function.qualname}.{method}",
+                    base.function.code_digest,
+                )
+                if base
+                else FunctionId("", name, "")
+            )
+            meta = CallMeta(task_id, name, fn_id, _args_digest(a, kw))
+            call = dataclasses.replace(self._call, task_id=task_id, name=name, meta=meta)
             value_ref = cluster._verifier.call_method.remote(
                 call, self.instance_id, [self._ready], seq, method, a, kw
             )

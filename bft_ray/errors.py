@@ -20,10 +20,12 @@ from ray.exceptions import RayError
 
 __all__ = [
     "BftRayError",
+    "CapabilityError",
     "CertificateError",
     "ConfigError",
     "ExecutorUnavailableError",
     "NoQuorumError",
+    "UserCodeError",
     "VerificationError",
     "VerificationTimeoutError",
 ]
@@ -81,3 +83,15 @@ class VerificationTimeoutError(VerificationError, TimeoutError):
 
 class CertificateError(BftRayError):
     """A certificate failed an offline check (bad signature, too few signers, ...)."""
+
+
+class CapabilityError(BftRayError, PermissionError):
+    """A caller without the driver's capability tried to steer an executor or the verifier."""
+
+
+class UserCodeError(VerificationError):
+    """The replicas agree that user code raised an exception whose type is not importable here.
+
+    Exceptions of importable types are re-raised as themselves; this one carries the certified
+    type name and message instead.
+    """

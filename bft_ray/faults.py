@@ -18,6 +18,7 @@ name                      behaviour
 ``slow``                  sleeps ``seconds`` before running, then answers honestly
 ``collude``               members of one group return the same wrong output
 ``intermittent``          applies an inner behaviour with probability ``p``
+``wire(fn)``              replaces the signed answer bytes by ``fn(answer, ctx)`` (anything)
 ========================  =================================================================
 
 Behaviours are deterministic for a given ``(seed, executor index, task id, attempt)``, so a
@@ -61,6 +62,7 @@ __all__ = [
     "RandomOutput",
     "Slow",
     "Stale",
+    "WireFault",
     "Zeros",
     "bitflip",
     "collude",
@@ -73,6 +75,7 @@ __all__ = [
     "resolve",
     "slow",
     "stale",
+    "wire",
     "zeros",
 ]
 
@@ -107,6 +110,15 @@ class Behaviour:
     def corrupt(self, output: Any, ctx: FaultContext) -> Any:
         """Return what the executor reports instead of ``output``."""
         return output
+
+    def on_wire(self, answer: bytes, ctx: FaultContext) -> Any:
+        """Return what the executor's actor method returns instead of its signed answer bytes.
+
+        The last word of an executor process: a behaviour may return other bytes or any
+        object at all (Ray then pickles it), as a machine under an attacker's control could.
+        The trusted side must cope with whatever comes back.
+        """
+        return answer
 
     @property
     def is_honest(self) -> bool:
@@ -347,6 +359,28 @@ class Intermittent(Behaviour):
     def corrupt(self, output: Any, ctx: FaultContext) -> Any:
         return self.inner.corrupt(output, ctx) if self._active(ctx) else output
 
+    def on_wire(self, answer: bytes, ctx: FaultContext) -> Any:
+        return self.inner.on_wire(answer, ctx) if self._active(ctx) else answer
+
+
+class WireFault(Behaviour):
+    """Wrap a callable ``(answer_bytes, ctx) -> anything`` that replaces the executor's answer.
+
+    For adversarial tests: it sees the honest, signed answer bytes and may return any object
+    (other bytes, a pickle bomb, an exception), exactly as a compromised executor could.
+    """
+
+    name = "wire"
+
+    def __init__(self, fn: Callable[[bytes, FaultContext], Any]) -> None:
+        self.fn = fn
+
+    def on_wire(self, answer: bytes, ctx: FaultContext) -> Any:
+        return self.fn(answer, ctx)
+
+    def __repr__(self) -> str:
+        return f"wire({getattr(self.fn, '__qualname__', repr(self.fn))})"
+
 
 class Custom(Behaviour):
     """Wrap a user callable ``output -> output``."""
@@ -412,6 +446,11 @@ def collude(group: str = "cartel", scale: float = 1.0) -> Behaviour:
 def intermittent(p: float = 0.3, inner: Any = "bitflip") -> Behaviour:
     """See :class:`Intermittent`."""
     return Intermittent(p, inner)
+
+
+def wire(fn: Callable[[bytes, FaultContext], Any]) -> Behaviour:
+    """See :class:`WireFault`."""
+    return WireFault(fn)
 
 
 _REGISTRY: dict[str, Callable[[], Behaviour]] = {

@@ -16,6 +16,7 @@ __all__ = ["Report"]
 
 _COLUMNS = [
     ("executor", "executor"),
+    ("slot", "slot"),
     ("node", "node"),
     ("status", "status"),
     ("fault", "injected fault"),
@@ -26,11 +27,12 @@ _COLUMNS = [
     ("crashed", "crashed"),
     ("timeouts", "timeouts"),
     ("disputed", "disputed"),
+    ("unaligned", "unaligned"),
     ("flagged", "flagged"),
     ("trust", "trust"),
 ]
 
-_OPTIONAL = {"invalid", "crashed", "timeouts", "disputed", "fault"}
+_OPTIONAL = {"invalid", "crashed", "timeouts", "disputed", "unaligned", "fault", "slot"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +75,9 @@ class Report:
         for key, header in present:
             table.add_column(
                 header,
-                justify="left" if key in ("executor", "node", "status", "fault") else "right",
+                justify="left"
+                if key in ("executor", "slot", "node", "status", "fault")
+                else "right",
             )
         for r in self.executors:
             style = "red" if r.get("flagged") else None

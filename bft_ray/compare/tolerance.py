@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from bft_ray.compare.canonical import Canonical, Leaf, canonicalize
+from bft_ray.compare.canonical import BYTE_STRING_TAGS, Canonical, Leaf, canonicalize
 from bft_ray.config import Tolerance
 
 __all__ = ["Comparison", "LeafDiff", "compare", "leaves_agree"]
@@ -106,9 +106,22 @@ def compare(a: Any, b: Any, tolerance: Tolerance, *, detail: bool = True) -> Com
             f"structure differs: {_clip(ca.structure)} vs {_clip(cb.structure)}",
             (LeafDiff("<root>", "structure differs"),),
         )
+    if len(ca.leaves) != len(cb.leaves):
+        # Cannot happen for forms parsed from wire bytes (equal structures have equal leaf
+        # counts); a hand-built Canonical gets a disagreement, never an exception.
+        return Comparison(
+            False,
+            f"leaf count differs: {len(ca.leaves)} vs {len(cb.leaves)}",
+            (LeafDiff("<root>", "leaf count differs"),),
+        )
     diffs: list[LeafDiff] = []
-    for la, lb in zip(ca.leaves, cb.leaves, strict=True):
-        d = _compare_leaf(la, lb, tolerance.for_path(la.path), detail)
+    for la, lb in zip(ca.leaves, cb.leaves):
+        if la.path != lb.path:
+            d: LeafDiff | None = LeafDiff(
+                la.display_path, f"path differs: {la.display_path} vs {lb.display_path}"
+            )
+        else:
+            d = _compare_leaf(la, lb, tolerance.for_path(la.path), detail)
         if d is not None:
             diffs.append(d)
             if not detail:
@@ -131,13 +144,22 @@ def leaves_agree(a: np.ndarray, b: np.ndarray, tolerance: Tolerance) -> bool:
     return _compare_leaf(la, lb, tolerance, detail=False) is None
 
 
-_TEXT_TAGS = frozenset({"str", "bytes", "py.int", "none"})
+_TEXT_TAGS = BYTE_STRING_TAGS
 
 
 def _short(leaf: Leaf) -> str:
     raw = leaf.array.tobytes()
-    value: object = raw if leaf.dtype == "bytes" else raw.decode("utf-8", "replace")
-    return _clip(repr(value), 40)
+    if leaf.dtype == "py.int":
+        # Sign byte then little-endian magnitude (the wire form); never str() a huge int.
+        mag = int.from_bytes(raw[1:], "little")
+        value = -mag if raw[:1] == b"\x01" else mag
+        if value.bit_length() > 128:
+            return f"<int of {value.bit_length()} bits, low bits {value & 0xFFFFFFFF:#x}>"
+        return str(value)
+    if leaf.dtype == "none":
+        return "None"
+    text: object = raw if leaf.dtype == "bytes" else raw.decode("utf-8", "replace")
+    return _clip(repr(text), 40)
 
 
 def _clip(text: str, n: int = 80) -> str:
@@ -151,6 +173,8 @@ def _compare_leaf(a: Leaf, b: Leaf, tol: Tolerance, detail: bool) -> LeafDiff | 
     if a.shape != b.shape:
         return LeafDiff(path, f"shape differs: {a.shape} vs {b.shape}")
     x, y = a.array, b.array
+    if x.dtype != y.dtype and a.dtype not in _TEXT_TAGS:
+        return LeafDiff(path, f"array dtype differs: {x.dtype} vs {y.dtype}")
     if a.dtype in _TEXT_TAGS:
         if x.shape == y.shape and (
             x.nbytes == 0 or memoryview(x).cast("B") == memoryview(y).cast("B")

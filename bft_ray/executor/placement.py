@@ -31,6 +31,11 @@ class Candidate:
 
     executor_id: str
     node_id: str
+    slot: str = ""  # the slot (a GPU of a node); a respawn keeps it. Defaults to the id.
+
+    @property
+    def slot_key(self) -> str:
+        return self.slot or self.executor_id
 
 
 def rendezvous_order(key: str, candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -56,7 +61,8 @@ def assign(
         key: Task (or instance) id; the same key and candidates always give the same answer.
         candidates: Live executors.
         k: How many to pick.
-        exclude: Executor ids that must not be picked (already ran this task).
+        exclude: Slots (or executor ids) that must not be picked: they already ran this task.
+            Identity is by slot, so a respawned executor never runs a task twice.
         avoid_nodes: Nodes already holding a replica of this task; used only when no other
             node is left.
         load: Calls in flight per executor id; less loaded executors come first.
@@ -64,7 +70,11 @@ def assign(
     Returns:
         At most ``k`` candidates, on distinct nodes whenever enough nodes exist.
     """
-    order = [c for c in rendezvous_order(key, candidates) if c.executor_id not in exclude]
+    order = [
+        c
+        for c in rendezvous_order(key, candidates)
+        if c.slot_key not in exclude and c.executor_id not in exclude
+    ]
     if load:
         order.sort(key=lambda c: load.get(c.executor_id, 0))  # stable: ties keep hash order
     picked: list[Candidate] = []

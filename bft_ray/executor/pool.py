@@ -1,4 +1,4 @@
-"""The executor pool: placement, liveness and replacement of executor actors.
+"""The executor pool: placement, identity, liveness and replacement of executor actors.
 
 Executors are placed with a Ray placement group (one bundle per executor, ``SPREAD`` strategy),
 so they land on distinct GPUs and spread over nodes. The driver creates the pool in
@@ -6,6 +6,12 @@ so they land on distinct GPUs and spread over nodes. The driver creates the pool
 owns its liveness: a crashed executor is marked dead, a stalled one is killed to free its GPU,
 and either is respawned in its bundle with a fresh identity, up to ``max_respawns`` times per
 slot. Faults are injected per slot: they model the machine, so a respawned executor keeps them.
+
+Identity is by slot (``slot3``: bundle 3, a GPU of a node). A respawn keeps its slot, so a
+task's replicas are drawn from distinct slots and no slot votes twice in one task. An
+executor's node comes from the placement group table (Ray's control plane), never from what the
+executor says; what it does say (its key, GPU ids) travels as canonical wire bytes read through
+the deserialisation guard.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -23,9 +30,16 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from bft_ray.compare.wire import WireFormatError, decode, decode_canonical, encode
 from bft_ray.config import ClusterSpec
 from bft_ray.errors import ConfigError, ExecutorUnavailableError
-from bft_ray.executor.actor import ExecutorActor, ExecutorInfo
+from bft_ray.executor import guard
+from bft_ray.executor.actor import (
+    ExecutorActor,
+    ExecutorInfo,
+    capability_commitment,
+    slot_capability,
+)
 from bft_ray.executor.placement import Candidate, assign
 
 __all__ = ["ExecutorPool", "PoolSetup", "Slot", "create_pool", "local_gpu_count"]
@@ -57,6 +71,10 @@ class PoolSetup:
     actor_options: dict[str, Any]
     seed: int
     max_respawns: int
+    master: bytes = b""  # the driver's secret; slot capabilities derive from it
+
+    def capability(self, index: int) -> bytes:
+        return slot_capability(self.master, slot_name(index))
 
 
 def _future(ref: Any) -> asyncio.Future:
@@ -86,6 +104,76 @@ def _executor_id(index: int, generation: int) -> str:
     return f"ex{index}" if generation == 0 else f"ex{index}.{generation}"
 
 
+def slot_name(index: int) -> str:
+    return f"slot{index}"
+
+
+class BadExecutorInfo(ValueError):
+    """An executor's start-up answer is malformed or names another identity."""
+
+
+def _info_structure(gpus: int) -> str:
+    """The exact canonical shape of an honest executor's start-up answer with ``gpus`` GPU ids."""
+    template = {
+        "executor_id": "",
+        "slot": "",
+        "public_key": b"",
+        "gpu_ids": [""] * gpus,
+        "pid": 0,
+        "fault": "",
+    }
+    return decode_canonical(encode(template)).structure
+
+
+def parse_info(raw: Any, index: int, executor_id: str, node_id: str) -> ExecutorInfo:
+    """Strictly parse an executor's start-up answer (untrusted bytes)."""
+    if isinstance(raw, BaseException):
+        raise BadExecutorInfo(f"executor {executor_id} did not start: {raw}")
+    if not isinstance(raw, bytes):
+        raise BadExecutorInfo(f"executor {executor_id} answered {type(raw).__name__}, not bytes")
+    try:
+        canon = decode_canonical(raw)
+        # Check the exact shape first: decode() of plain dicts, lists and scalars builds no
+        # class and imports nothing.
+        if len(canon.leaves) < 5 or canon.structure != _info_structure(len(canon.leaves) - 5):
+            raise WireFormatError("unexpected shape")
+        info = decode(raw)
+    except WireFormatError as exc:
+        raise BadExecutorInfo(f"executor {executor_id} sent malformed info: {exc}") from None
+    ok = (
+        type(info) is dict
+        and set(info) == {"executor_id", "slot", "public_key", "gpu_ids", "pid", "fault"}
+        and info["executor_id"] == executor_id
+        and info["slot"] == slot_name(index)
+        and type(info["public_key"]) is bytes
+        and len(info["public_key"]) == 32
+        and type(info["gpu_ids"]) is list
+        and all(type(g) is str for g in info["gpu_ids"])
+        and type(info["pid"]) is int
+        and type(info["fault"]) is str
+    )
+    if not ok:
+        raise BadExecutorInfo(f"executor {executor_id} sent info for another identity or shape")
+    return ExecutorInfo(
+        index=index,
+        executor_id=executor_id,
+        slot=slot_name(index),
+        public_key=info["public_key"],
+        node_id=node_id,
+        gpu_ids=tuple(info["gpu_ids"]),
+        pid=info["pid"],
+        fault=info["fault"][:200],
+    )
+
+
+def bundle_nodes(pg: PlacementGroup | None) -> dict[int, str]:
+    """Bundle index -> node id, from Ray's placement group table."""
+    if pg is None:
+        return {}
+    table = ray.util.placement_group_table(pg)
+    return {int(k): v for k, v in (table.get("bundles_to_node_id") or {}).items()}
+
+
 def _new_actor(
     setup_opts: dict[str, Any],
     pg: PlacementGroup | None,
@@ -93,19 +181,29 @@ def _new_actor(
     fault: Any,
     seed: int,
     generation: int,
+    master: bytes,
 ) -> Any:
     opts = dict(setup_opts)
     if pg is not None:
         opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
             placement_group=pg, placement_group_bundle_index=index
         )
-    return _RemoteExecutor.options(**opts).remote(
-        index, _executor_id(index, generation), fault, seed
+    commitment = capability_commitment(slot_capability(master, slot_name(index)))
+    handle = _RemoteExecutor.options(**opts).remote(
+        index, _executor_id(index, generation), slot_name(index), commitment, fault, seed
     )
+    # Everything this actor produces is read strictly: raw bytes or nothing.
+    guard.guard_actor(handle)
+    return handle
 
 
 def create_pool(
-    spec: ClusterSpec, *, seed: int = 0, max_respawns: int = 2, placement_timeout_s: float = 60.0
+    spec: ClusterSpec,
+    *,
+    seed: int = 0,
+    max_respawns: int = 2,
+    placement_timeout_s: float = 60.0,
+    master: bytes | None = None,
 ) -> PoolSetup:
     """Place and start ``spec.executors`` executors; blocks until all report their identity.
 
@@ -142,14 +240,26 @@ def create_pool(
         "max_concurrency": 1,
         **spec.executor_options,
     }
+    master = master or os.urandom(32)
     handles = [
-        _new_actor(actor_options, pg, i, spec.faults.get(i), seed, 0) for i in range(spec.executors)
+        _new_actor(actor_options, pg, i, spec.faults.get(i), seed, 0, master)
+        for i in range(spec.executors)
     ]
-    infos = ray.get([h.info.remote() for h in handles], timeout=placement_timeout_s + 120)
+    raws = ray.get([h.info.remote() for h in handles], timeout=placement_timeout_s + 120)
+    nodes = bundle_nodes(pg)
+    infos = []
+    for i, raw in enumerate(raws):
+        try:
+            infos.append(parse_info(raw, i, _executor_id(i, 0), nodes.get(i, "")))
+        except BadExecutorInfo as exc:
+            for h in handles:
+                ray.kill(h, no_restart=True)
+            remove_placement_group(pg)
+            raise ExecutorUnavailableError(str(exc)) from None
     slots = [
         Slot(i, h, info, spec.faults.get(i)) for i, (h, info) in enumerate(zip(handles, infos))
     ]
-    return PoolSetup(pg, slots, actor_options, seed, max_respawns)
+    return PoolSetup(pg, slots, actor_options, seed, max_respawns, master)
 
 
 class ExecutorPool:
@@ -166,16 +276,29 @@ class ExecutorPool:
         self.inflight: collections.Counter[str] = collections.Counter()  # calls per executor id
         self._respawn_tasks: set[asyncio.Task] = set()
         self.respawn_timeout_s = 300.0
+        for s in setup.slots:
+            guard.guard_actor(s.handle)  # this process reads their answers too
+
+    def capability(self, executor_id: str) -> bytes:
+        return self.setup.capability(self.by_id[executor_id].index)
 
     def live(self) -> list[Slot]:
         return [s for s in self.slots.values() if s.status == "alive"]
 
     def candidates(self) -> list[Candidate]:
-        return [Candidate(s.info.executor_id, s.info.node_id) for s in self.live()]
+        return [Candidate(s.info.executor_id, s.info.node_id, s.info.slot) for s in self.live()]
 
     def pick(self, key: str, k: int, exclude: set[str], avoid_nodes: set[str]) -> list[Slot]:
+        """Up to ``k`` live executors for ``key``, from slots not in ``exclude``."""
         chosen = assign(key, self.candidates(), k, exclude, avoid_nodes, self.inflight)
         return [self.by_id[c.executor_id] for c in chosen]
+
+    def spare(self, exclude: set[str]) -> int:
+        """Live executors whose slots are not in ``exclude``."""
+        return sum(1 for s in self.live() if s.info.slot not in exclude)
+
+    def slot_of(self, executor_id: str) -> str:
+        return self.infos[executor_id].slot
 
     def is_alive(self, executor_id: str) -> bool:
         """Whether ``executor_id`` is the current, live incarnation of its slot."""
@@ -212,9 +335,12 @@ class ExecutorPool:
             slot.fault,
             self.setup.seed,
             slot.generation,
+            self.setup.master,
         )
         try:
-            info = await asyncio.wait_for(handle.info.remote(), timeout=300)
+            raw = await asyncio.wait_for(_future(handle.info.remote()), timeout=300)
+            node = bundle_nodes(self.setup.placement_group).get(slot.index, slot.info.node_id)
+            info = parse_info(raw, slot.index, _executor_id(slot.index, slot.generation), node)
         except Exception as exc:
             logger.error("respawn of slot %d failed: %s", slot.index, exc)
             slot.status = "dead"

@@ -65,11 +65,10 @@ from torch.nn import functional as F
 
 import bft_ray
 from bft_ray import faults as fault_lib
-from bft_ray.compare.digest import digest
 from bft_ray.config import Tolerance
 from bft_ray.errors import ConfigError
 from bft_ray.executor.actor import TaskSpec
-from bft_ray.executor.attestation import Attestation
+from bft_ray.executor.guard import no_answer
 from bft_ray.robust.attacks import Attack, DataAttack, NoAttack, VectorAttack, make_attack
 from bft_ray.robust.base import NonFiniteInputError
 from bft_ray.robust.data import Dataset, load_digits_dataset
@@ -86,6 +85,7 @@ from bft_ray.robust.training import (
     server_step,
     steps_per_epoch,
 )
+from bft_ray.verifier.admission import Expected, Outcome, Status, admit
 
 __all__ = [
     "AGGREGATION_TOLERANCE",
@@ -308,8 +308,9 @@ class RayTrainer:
         worker_timeout_s: Seconds the driver waits for the workers' vectors each step; a
             worker still computing then is missing for that step (a non-finite row, which
             robust rules drop within their ``f`` budget and the mean refuses).
-        check_attestations: Check every vector's signed attestation (executor key, task id,
-            digest of the bytes received); a vector that fails counts as missing.
+        check_attestations: Kept for compatibility; answers are always admitted like verified
+            replicas (registered key, task, slot, signature over the bytes received), and a
+            vector that fails admission counts as missing.
         faults: The fault map the harness reads its attack slots from; default
             ``cluster.spec.faults`` (what :func:`bft_ray.init` got). Pass the current map if
             you changed behaviours with ``cluster.inject_fault`` since.
@@ -394,8 +395,7 @@ class RayTrainer:
         )
         self._instance_id = f"robust-worker-{uuid.uuid4().hex[:12]}"
         self._handles: dict[int, Any] = {}
-        self._executor_ids: dict[int, str] = {}
-        self._keys: dict[str, bytes] = {}
+        self._entries: dict[int, dict[str, Any]] = {}
         shards = self._shards()
         self.shard_sizes = [len(y) for _, y in shards]
         self.steps_per_epoch = steps_per_epoch(config, self.shard_sizes)
@@ -452,8 +452,6 @@ class RayTrainer:
         # Quarantine keeps executors out of verified work; a training worker's gradients go
         # through the robust rule whatever its executor's reputation, so keep those too.
         entries = {e["index"]: e for e in self.cluster.executor_handles(include_quarantined=True)}
-        if self.check_attestations:
-            self._keys = self.cluster.executor_keys()
         refs = {}
         for i in self.worker_slots:
             entry = entries.get(i)
@@ -463,9 +461,11 @@ class RayTrainer:
                 self._lose(i, "executor slot not in service (crashed or respawning)")
                 continue
             self._handles[i] = entry["handle"]
-            self._executor_ids[i] = entry["executor_id"]
+            self._entries[i] = entry
             x, y = shards[i]
             refs[i] = entry["handle"].create_instance.remote(
+                entry["capability"],
+                self._spec(i, "start"),
                 self._instance_id,
                 _ExecutorWorker,
                 i,
@@ -477,12 +477,11 @@ class RayTrainer:
                 seed=self.config.seed,
             )
         for i, ref in refs.items():
-            try:
-                ray.get(ref)
-            except ray.exceptions.RayActorError as exc:
+            out = self._admit(i, self._spec(i, "start"), ref)
+            if out.status is not Status.OK:
                 # An executor that died unnoticed (the pool learns of deaths from verified
-                # calls only): same as a slot out of service.
-                self._lose(i, f"executor died: {type(exc).__name__}", forget=True)
+                # calls only), or one that could not build the worker: the slot is out.
+                self._lose(i, f"worker did not start: {out.status.value} ({out.reason})", True)
         if not self._handles:
             raise ConfigError("no worker could be started: every worker slot is out of service")
         logger.info(
@@ -498,9 +497,11 @@ class RayTrainer:
         """Drop the worker instances from the executors (the cluster keeps running)."""
         handles, self._handles = self._handles, {}
         refs = []
-        for handle in handles.values():
+        for i, handle in handles.items():
             try:
-                refs.append(handle.drop_instance.remote(self._instance_id))
+                refs.append(
+                    handle.drop_instance.remote(self._entries[i]["capability"], self._instance_id)
+                )
             except Exception as exc:  # a dead actor: nothing to drop
                 logger.debug("drop_instance: %s", exc)
         if not refs:
@@ -530,12 +531,10 @@ class RayTrainer:
         for i in self.worker_slots:
             if i not in self._handles:
                 continue
-            # Deterministic task ids: fault behaviours seed on them, so runs replay exactly.
-            spec = TaskSpec(
-                f"robust-s{self.config.seed}-{self.steps_done}-w{i}", 0, "Worker.compute"
-            )
-            # One object back per worker: the pair (vector, signed attestation).
-            ref = self._handles[i].call.remote(spec, self._instance_id, "compute", params_ref)
+            spec = self._spec(i, str(self.steps_done))
+            # One object back per worker: its signed answer envelope (bytes only).
+            cap = self._entries[i]["capability"]
+            ref = self._handles[i].call.remote(cap, spec, self._instance_id, "compute", params_ref)
             pending[ref] = (i, spec)
         if not pending:  # every worker is gone: the rule sees only missing rows
             return {}, time.perf_counter() - start
@@ -545,33 +544,37 @@ class RayTrainer:
         rows: dict[int, Tensor] = {}
         for ref in late:
             self._lose(pending[ref][0], f"no vector within {self.worker_timeout_s:g}s")
-        try:
-            answers: list[Any] = ray.get(ready)  # one round trip in the common case
-        except ray.exceptions.RayError:
-            answers = []
-            for ref in ready:
-                try:
-                    answers.append(ray.get(ref))
-                except ray.exceptions.RayError as exc:
-                    answers.append(exc)
-        for ref, answer in zip(ready, answers):
+        for ref in ready:
             i, spec = pending[ref]
-            if isinstance(answer, ray.exceptions.RayError):
+            out = self._admit(i, spec, ref)
+            if out.status in (Status.CRASHED, Status.TIMEOUT):
                 # A crashed executor: its worker (state and all) is gone, so the slot stays
                 # missing for the rest of the run.
-                self._lose(i, f"worker failed: {type(answer).__name__}", forget=True)
+                self._lose(i, f"worker failed: {out.reason}", forget=True)
                 continue
-            if not (isinstance(answer, tuple) and len(answer) == 2):
-                self._lose(i, f"executor answered {type(answer).__name__}, not (output, att)")
+            if out.status is not Status.OK:
+                self._lose(i, f"answer refused: {out.status.value} ({out.reason})")
                 continue
-            output, attestation = answer
-            row = self._as_row(i, output)
-            if row is None:
-                continue
-            if self.check_attestations and not self._attested(i, spec, output, attestation):
-                continue
-            rows[i] = row
+            row = self._as_row(i, out)
+            if row is not None:
+                rows[i] = row
         return rows, time.perf_counter() - start
+
+    def _spec(self, slot: int, step: str) -> TaskSpec:
+        # Deterministic task ids: fault behaviours seed on them, so runs replay exactly.
+        return TaskSpec(f"robust-s{self.config.seed}-{step}-w{slot}", 0, "Worker.compute")
+
+    def _admit(self, slot: int, spec: TaskSpec, ref: Any) -> Outcome:
+        """Read one worker's answer bytes (never unpickled) and admit them like any replica."""
+        entry = self._entries[slot]
+        expected = Expected(
+            spec.task_id, spec.attempt, entry["executor_id"], entry["slot"], entry["public_key"]
+        )
+        try:
+            raw: Any = ray.get(ref)
+        except Exception as exc:
+            raw = no_answer(exc)
+        return admit(raw, expected)
 
     def _lose(self, slot: int, reason: str, forget: bool = False) -> None:
         if slot not in self.lost_slots:
@@ -580,29 +583,20 @@ class RayTrainer:
         if forget:
             self._handles.pop(slot, None)
 
-    def _as_row(self, slot: int, output: Any) -> Tensor | None:
-        """The worker's answer as a ``(P,)`` float32 row, or ``None`` if it is not one."""
-        try:
-            row = torch.as_tensor(output, dtype=torch.float32).reshape(-1)
-        except Exception:
-            row = None
+    def _as_row(self, slot: int, out: Outcome) -> Tensor | None:
+        """The worker's answer as a ``(P,)`` float32 row, or ``None`` if it is not one.
+
+        Read from the admitted canonical form (one numeric leaf), never by decoding the
+        answer into Python objects.
+        """
+        leaves = out.canonical.leaves if out.canonical is not None else ()
+        row = None
+        if len(leaves) == 1 and leaves[0].array.dtype.kind in "fiu":
+            row = torch.from_numpy(leaves[0].array.astype("float32").reshape(-1))
         if row is None or row.numel() != self.model.num_params:
-            self._lose(slot, f"invalid answer of type {type(output).__name__}")
+            self._lose(slot, "invalid answer: not one numeric vector of the model's size")
             return None
         return row
-
-    def _attested(self, slot: int, spec: TaskSpec, output: Any, att: Attestation) -> bool:
-        eid = self._executor_ids[slot]
-        ok = (
-            isinstance(att, Attestation)
-            and att.task_id == spec.task_id
-            and att.executor_id == eid
-            and att.verify(expected_key=self._keys.get(eid))
-            and att.digest == digest(output)
-        )
-        if not ok:
-            self._lose(slot, "attestation does not match the vector received")
-        return ok
 
     def _vectors(self, rows: dict[int, Tensor]) -> Tensor:
         """The ``(n, P)`` matrix the rule sees; missing rows are NaN (no answer)."""

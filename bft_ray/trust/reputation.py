@@ -27,7 +27,9 @@ from typing import Any, Literal
 
 __all__ = ["ExecutorRecord", "Flag", "Outcome", "QuarantinePolicy", "Reputation"]
 
-Outcome = Literal["agreed", "disagreed", "disputed", "invalid", "crashed", "timeout", "error"]
+Outcome = Literal[
+    "agreed", "unaligned", "disagreed", "disputed", "invalid", "crashed", "timeout", "error"
+]
 _FLAGGING = frozenset({"disagreed", "invalid", "crashed", "timeout"})
 
 
@@ -52,6 +54,7 @@ class ExecutorRecord:
     agreed: int = 0
     disagreed: int = 0
     disputed: int = 0
+    unaligned: int = 0
     invalid: int = 0
     crashed: int = 0
     timeouts: int = 0
@@ -77,6 +80,7 @@ class ExecutorRecord:
             "agreed": self.agreed,
             "disagreed": self.disagreed,
             "disputed": self.disputed,
+            "unaligned": self.unaligned,
             "invalid": self.invalid,
             "crashed": self.crashed,
             "timeouts": self.timeouts,
@@ -117,6 +121,7 @@ class Reputation:
             "agreed": "agreed",
             "disagreed": "disagreed",
             "disputed": "disputed",
+            "unaligned": "unaligned",
             "invalid": "invalid",
             "crashed": "crashed",
             "timeout": "timeouts",
@@ -125,6 +130,22 @@ class Reputation:
         setattr(r, field, getattr(r, field) + 1)
         if outcome in _FLAGGING:
             r.flags.append(Flag(task_id, outcome, reason, evidence))
+
+    def apply(self, record: Any) -> list[str]:
+        """Apply a verdict record (:class:`~bft_ray.verifier.decision.VerdictRecord`).
+
+        This is the only way verdicts change reputation: every flag is a judgement of a
+        record, with the executor's signed attestation as evidence. Executors must be
+        registered first. Returns the ids of executors flagged by this record.
+        """
+        flagged = []
+        for j in record.judgements:
+            if j.executor_id not in self._records:
+                continue
+            self.record(j.executor_id, j.label.value, record.task_id, j.reason, j.attestation)
+            if j.label.flags:
+                flagged.append(j.executor_id)
+        return flagged
 
     def records(self) -> list[ExecutorRecord]:
         return sorted(self._records.values(), key=lambda r: (r.index, r.executor_id))

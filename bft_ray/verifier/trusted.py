@@ -1,57 +1,71 @@
-"""The trusted verifier: one async actor that replicates, compares and decides.
+"""The trusted verifier: one async actor that wires the pure verdict path to Ray.
 
 This is the ``verifiers=1`` mode of the design: the same replication, comparison, escalation and
 reputation as the BFT group, with a single verifier whose signature is the certificate. It is the
 right mode for a team hunting silent data corruption in its own cluster.
 
+Everything that decides is pure code shared with every verifier backend:
+:func:`~bft_ray.verifier.admission.admit` (are these bytes the answer they claim to be),
+:class:`~bft_ray.verifier.decision.CallState` (pending, accept, replace, escalate, fail), the
+verdict record it produces, :func:`~bft_ray.verifier.records.certificate_fields` and
+:meth:`~bft_ray.trust.reputation.Reputation.apply`. This actor only dispatches replicas, awaits
+their answer bytes (read through the deserialisation guard: nothing an executor produced is
+ever unpickled here), feeds them in and acts on the decision.
+
 Data path of one call (``submit``):
 
-1. Pick ``r`` executors deterministically from the task id (distinct executors, distinct nodes
-   when possible) and send each the call with retries off. Arguments travel as object refs, so
-   the verifier never deserialises them.
-2. As each replica answers, check its attestation (registered key, task, attempt, signature,
-   digest of the output actually returned) and cluster what has arrived.
-3. Accept as soon as a cluster is a strict majority of everything that can still arrive; judge
-   stragglers in the background for their reputation. Replace crashed or stalled replicas;
-   escalate with more replicas on disagreement; fail with a diff when no quorum is possible.
-4. Return the value: the caller's ``VerifiedRef.ref`` resolves only to verified data (or raises
-   the verification error). The signed certificate is kept in a bounded store and fetched on
-   demand by ``bft_ray.certificate``.
-
-The actor is async so hundreds of calls are in flight at once; the per-call state lives in the
-coroutine.
+1. Wait until the call's object-ref arguments exist (read for readiness only, never
+   deserialised here); an upstream failure fails the call without touching any executor, and a
+   replica's time limit only starts once its arguments are ready.
+2. Pick ``r`` executors deterministically from the task id, on distinct slots (and distinct
+   nodes first), and send each the call with retries off.
+3. Admit each answer, feed it to the call state, act on the decision.
+4. Return the certified bytes as a :class:`~bft_ray.compare.wire.WireValue`: the caller's ref
+   resolves to the value decoded from exactly those bytes. The certificate is kept in a bounded
+   store and signed on the first ``bft_ray.certificate`` request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import ray
 
-from bft_ray.compare.canonical import Canonical, Leaf, canonicalize
-from bft_ray.compare.diff import render_disagreement, render_leaf_diff
-from bft_ray.compare.digest import digest_canonical
-from bft_ray.compare.tolerance import compare
+from bft_ray.compare.diff import render_disagreement
 from bft_ray.config import Policy
 from bft_ray.crypto import SigningKey
-from bft_ray.errors import CertificateError, ExecutorUnavailableError, NoQuorumError
-from bft_ray.executor.actor import TaskSpec
-from bft_ray.executor.attestation import Attestation
+from bft_ray.errors import (
+    CapabilityError,
+    CertificateError,
+    ExecutorUnavailableError,
+    NoQuorumError,
+)
+from bft_ray.executor import guard
+from bft_ray.executor.actor import TaskSpec, slot_capability
+from bft_ray.executor.guard import no_answer
 from bft_ray.executor.pool import ExecutorPool, PoolSetup, Slot
 from bft_ray.trust.reputation import QuarantinePolicy, Reputation
-from bft_ray.verifier.certificate import Certificate, Dissent
-from bft_ray.verifier.verdict import Evaluation, escalation_size, evaluate
+from bft_ray.verifier.admission import Expected, NoAnswer, Outcome, Status, admit, failed
+from bft_ray.verifier.certificate import Certificate
+from bft_ray.verifier.decision import CallState, Decision, Label, Step, VerdictRecord
+from bft_ray.verifier.records import CallMeta, accepted_result, certificate_fields, user_exception
 
-__all__ = ["CallSpec", "TrustedVerifier"]
+__all__ = ["CallSpec", "TrustedVerifier", "admin_capability"]
 
 logger = logging.getLogger(__name__)
+
+
+def admin_capability(master: bytes) -> bytes:
+    """The driver's capability for steering methods of the verifier."""
+    return slot_capability(master, "driver/admin")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,31 +76,7 @@ class CallSpec:
     name: str
     policy: Policy
     call_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class _Outcome:
-    executor_id: str
-    attempt: int
-    status: str  # ok | error | crashed | timeout | invalid
-    output: Any = None
-    canonical: Canonical | None = None
-    digest: bytes | None = None
-    attestation: Attestation | None = None
-    reason: str = ""
-    exception: BaseException | None = None
-
-    @property
-    def comparable(self) -> bool:
-        return self.status in ("ok", "error")
-
-
-def _error_canonical(exc: BaseException) -> Canonical:
-    """Canonical form of a raised exception, so replicas raising the same error agree."""
-    cause = getattr(exc, "cause", None) or exc
-    text = f"{type(cause).__name__}: {cause}"
-    leaf = Leaf("message", "str", (), np.frombuffer(text.encode(), dtype=np.uint8))
-    return Canonical(f"error:{type(cause).__module__}.{type(cause).__qualname__}", (leaf,))
+    meta: CallMeta | None = None
 
 
 @dataclasses.dataclass
@@ -108,21 +98,22 @@ class _Instance:
     ctor_args: list = dataclasses.field(default_factory=list)
     ctor_kwargs: dict = dataclasses.field(default_factory=dict)
     log: list | None = dataclasses.field(default_factory=list)  # (method, args, kwargs)
-    ever_used: set = dataclasses.field(default_factory=set)
+    ever_used: set = dataclasses.field(default_factory=set)  # slots
     next_seq: int = 0
     cond: asyncio.Condition = dataclasses.field(default_factory=asyncio.Condition)
     max_log: int = 10_000
     repairs: int = 0
 
 
-Invoke = Callable[[Slot, TaskSpec], Any]  # returns the ObjectRef of (output, attestation)
+Invoke = Callable[[Slot, TaskSpec], Any]  # returns the ObjectRef of the answer envelope
 
 
 class TrustedVerifier:
     """Async actor deciding verdicts in the trusted-verifier mode.
 
     Args:
-        setup: The executor pool created by the driver.
+        setup: The executor pool created by the driver (holds the driver's secret, from which
+            the executors' capabilities and the admin capability derive).
         verifier_id: Name used in certificates.
         quarantine: When flagged executors stop receiving work (default: never).
         keep_certificates: How many recent certificates stay retrievable.
@@ -135,27 +126,37 @@ class TrustedVerifier:
         quarantine: QuarantinePolicy | None = None,
         keep_certificates: int = 20_000,
     ) -> None:
+        guard.install()
         self.pool = ExecutorPool(setup)
+        self._admin = admin_capability(setup.master)
         self.quarantine = quarantine or QuarantinePolicy(below=0.0)
         self.verifier_id = verifier_id
         self._key = SigningKey.generate()
         self.reputation = Reputation()
         self.instances: dict[str, _Instance] = {}
         # Certificates (or the errors) of recent calls, fetched lazily by bft_ray.certificate().
-        # Bounded: the verdict ref is what callers hold; certificates are evidence on demand.
         self.keep_certificates = keep_certificates
         self._verdicts: OrderedDict[str, Any] = OrderedDict()
         self._background: set[asyncio.Task] = set()
-        self._functions_sent: dict[str, set[str]] = {}  # executor id -> function keys it holds
+        # Function keys each executor has confirmed holding (it answered a call carrying it).
+        self._functions_held: dict[str, set[str]] = {}
         self.counters = {
             "calls": 0,
             "accepted": 0,
             "failed": 0,
+            "user_errors": 0,
             "escalations": 0,
             "replacements": 0,
         }
         for eid in self.pool.infos:
             self._register(eid)
+
+    def _authorise(self, capability: Any) -> None:
+        if not isinstance(capability, bytes) or not hmac.compare_digest(capability, self._admin):
+            raise CapabilityError(
+                "this verifier method changes behaviour or state and needs the driver's "
+                "capability (call it through the BftCluster handle returned by bft_ray.init)"
+            )
 
     # -- public actor methods -------------------------------------------------------------
 
@@ -176,17 +177,27 @@ class TrustedVerifier:
         fn_key = fn_ref.hex()
 
         def invoke(slot: Slot, spec: TaskSpec) -> Any:
-            # Send the function itself only on an executor's first call with it.
-            sent = self._functions_sent.setdefault(slot.info.executor_id, set())
-            first = fn_key not in sent
-            sent.add(fn_key)
+            eid = slot.info.executor_id
+            # Until an executor has answered a call that carried the function, send it along:
+            # a first call whose arguments failed never reached the executor.
+            held = fn_key in self._functions_held.get(eid, ())
             return slot.handle.run.options(**call.call_options).remote(
-                spec, fn_key, fn_ref if first else None, *args, **kwargs
+                self.pool.setup.capability(slot.index),
+                spec,
+                fn_key,
+                None if held else fn_ref,
+                *args,
+                **kwargs,
             )
 
+        def confirmed(out: Outcome) -> None:
+            if out.comparable:
+                self._functions_held.setdefault(out.executor_id, set()).add(fn_key)
+
         async def run() -> tuple[Any, Callable[[], Certificate]]:
+            await _arguments_ready(args, kwargs)
             self.pool.require(int(call.policy.quorum or 1), call.name)
-            rep = _Replication(self, call, invoke, instance=None)
+            rep = _Replication(self, call, invoke, instance=None, on_outcome=confirmed)
             rep.start(rep.pick(call.policy.replicas))
             return await rep.finish()
 
@@ -195,12 +206,19 @@ class TrustedVerifier:
     async def create_instance(
         self, call: CallSpec, cls_box: list, args: list, kwargs: dict
     ) -> list[str]:
-        """Construct ``r`` replicas of a class instance on distinct executors."""
+        """Construct ``r`` replicas of a class instance on distinct slots.
+
+        Each constructor answers like a call (``None`` or the exception record). If a quorum of
+        replicas agree that the constructor raised, that is the user's error and is raised;
+        a single executor claiming so is just a replica that failed to construct.
+        """
         policy = call.policy
         quorum = int(policy.quorum or 1)
+        await _arguments_ready(args, kwargs)
         self.pool.require(quorum, f"{call.name} instance")
         holders: list[str] = []
         tried: set[str] = set()
+        errors: dict[bytes, list[Outcome]] = {}
         budget = policy.replicas * 2  # bound on constructor attempts, crashes included
         while len(holders) < policy.replicas and budget > 0:
             nodes = {self.pool.node_of(h) for h in holders}
@@ -208,29 +226,38 @@ class TrustedVerifier:
             if not picks:
                 break
             budget -= len(picks)
-            tried.update(p.info.executor_id for p in picks)
+            tried.update(p.info.slot for p in picks)
+            spec = TaskSpec(call.task_id, 0, f"{call.name}.__init__")
             refs = [
-                p.handle.create_instance.remote(call.task_id, cls_box[0], *args, **kwargs)
+                p.handle.create_instance.remote(
+                    self.pool.setup.capability(p.index),
+                    spec,
+                    call.task_id,
+                    cls_box[0],
+                    *args,
+                    **kwargs,
+                )
                 for p in picks
             ]
-            results = await asyncio.gather(
-                *(asyncio.wait_for(_as_future(r), policy.timeout_s) for r in refs),
-                return_exceptions=True,
+            outs = await asyncio.gather(
+                *(self._receive(p, spec, r, policy.timeout_s) for p, r in zip(picks, refs))
             )
-            for slot, res in zip(picks, results):
-                eid = slot.info.executor_id
-                if isinstance(res, ray.exceptions.RayTaskError):
-                    # The constructor itself raised: the user's error, not an executor fault.
-                    raise (res.cause or res) from None
-                if isinstance(res, BaseException):
-                    status = "timeout" if isinstance(res, asyncio.TimeoutError) else "crashed"
-                    self._fail(_Outcome(eid, 0, status, reason=type(res).__name__), call.task_id)
+            for out in outs:
+                if out.status is Status.OK:
+                    holders.append(out.executor_id)
+                elif out.status is Status.ERROR:
+                    assert out.digest is not None
+                    errors.setdefault(out.digest, []).append(out)
+                    same = errors[out.digest]
+                    if len(same) >= quorum:
+                        raise user_exception(same[0].canonical, same[0].executor_id, same[0].note)
                 else:
-                    holders.append(eid)
+                    self._lost(out, call.task_id)
         if len(holders) < quorum:
             raise ExecutorUnavailableError(
                 f"could only place {len(holders)} of {policy.replicas} replicas of {call.name} "
-                f"(quorum {quorum}); executors crashed or stalled. Add executors.",
+                f"(quorum {quorum}); executors crashed, stalled or failed to construct it. "
+                "Add executors.",
                 placed=holders,
             )
         self.instances[call.task_id] = _Instance(
@@ -281,10 +308,18 @@ class TrustedVerifier:
         inst = self.instances.get(instance_id)
         if inst is None:
             raise ExecutorUnavailableError(f"unknown or dropped instance {instance_id!r}")
+        try:
+            await _arguments_ready(args, kwargs)
+        except BaseException:
+            async with inst.cond:  # keep the order of later calls intact
+                await inst.cond.wait_for(lambda: inst.next_seq == seq)
+                inst.next_seq += 1
+                inst.cond.notify_all()
+            raise
 
         def invoke(slot: Slot, spec: TaskSpec) -> Any:
             return slot.handle.call.options(**call.call_options).remote(
-                spec, instance_id, method, *args, **kwargs
+                self.pool.setup.capability(slot.index), spec, instance_id, method, *args, **kwargs
             )
 
         async with inst.cond:
@@ -355,14 +390,16 @@ class TrustedVerifier:
                 return
             slot = spare[0]
             eid = slot.info.executor_id
-            inst.ever_used.add(eid)
+            cap = self.pool.setup.capability(slot.index)
+            inst.ever_used.add(slot.info.slot)
+            spec = TaskSpec(inst.instance_id, -1, f"{inst.name}.__init__ (replay)")
             slot.handle.create_instance.remote(
-                inst.instance_id, inst.cls_ref, *inst.ctor_args, **inst.ctor_kwargs
+                cap, spec, inst.instance_id, inst.cls_ref, *inst.ctor_args, **inst.ctor_kwargs
             )
             for seq, (method, args, kwargs) in enumerate(inst.log):
                 # Replayed answers are discarded: only the state they leave behind matters.
                 spec = TaskSpec(f"{inst.instance_id}/{seq}", -1, f"{inst.name}.{method} (replay)")
-                slot.handle.call.remote(spec, inst.instance_id, method, *args, **kwargs)
+                slot.handle.call.remote(cap, spec, inst.instance_id, method, *args, **kwargs)
             inst.holders.append(eid)
             inst.repairs += 1
             logger.info(
@@ -372,12 +409,16 @@ class TrustedVerifier:
                 len(inst.log),
             )
 
-    async def drop_instance(self, instance_id: str) -> None:
+    async def drop_instance(self, capability: bytes, instance_id: str) -> None:
+        self._authorise(capability)
         inst = self.instances.pop(instance_id, None)
         if inst:
             for eid in inst.holders:
                 if self.pool.is_alive(eid):
-                    self.pool.by_id[eid].handle.drop_instance.remote(instance_id)
+                    slot = self.pool.by_id[eid]
+                    slot.handle.drop_instance.remote(
+                        self.pool.setup.capability(slot.index), instance_id
+                    )
 
     async def report(self, settle: bool = True) -> dict[str, Any]:
         """Per-executor records and verifier counters.
@@ -395,37 +436,50 @@ class TrustedVerifier:
             self.reputation.set_status(eid, status)
         rows = [r.as_row() for r in self.reputation.records()]
         for row in rows:
-            row["fault"] = self.pool.infos[row["executor"]].fault
+            info = self.pool.infos[row["executor"]]
+            row["fault"] = info.fault
+            row["slot"] = info.slot
         return {"executors": rows, "counters": dict(self.counters)}
 
-    async def inject_fault(self, index: int, fault: Any) -> str:
+    async def inject_fault(self, capability: bytes, index: int, fault: Any) -> str:
         """Change the behaviour of pool slot ``index`` now and for its future respawns."""
+        self._authorise(capability)
         slot = self.pool.slots[index]
         slot.fault = fault
         if slot.status == "respawning":
             await self.pool.settle()
-        description = await _as_future(slot.handle.set_fault.remote(fault))
+        raw = await _as_future(
+            slot.handle.set_fault.remote(self.pool.setup.capability(index), fault)
+        )
+        description = _text_answer(raw)
         self.pool.infos[slot.info.executor_id] = dataclasses.replace(slot.info, fault=description)
         slot.info = self.pool.infos[slot.info.executor_id]
         return description
 
-    async def executor_handles(self, include_quarantined: bool = False) -> list[dict[str, Any]]:
-        """Executors in service: ``index``, ``executor_id``, ``node_id``, ``status``, ``fault``
-        (the injected behaviour now) and the actor ``handle``.
+    async def executor_handles(
+        self, capability: bytes, include_quarantined: bool = False
+    ) -> list[dict[str, Any]]:
+        """Executors in service: ``index``, ``executor_id``, ``slot``, ``node_id``, ``status``,
+        ``fault`` (the injected behaviour now), the actor ``handle`` and its ``capability``.
 
         For layers that place their own long-lived work on the pool without replication (robust
         data-parallel training hosts one worker per executor). Quarantine is about verified
         work; such layers may still want quarantined executors (``include_quarantined``).
+        Needs the driver's capability: the slot capabilities it returns steer executors.
         """
+        self._authorise(capability)
         wanted = {"alive", "quarantined"} if include_quarantined else {"alive"}
         return [
             {
                 "index": s.index,
                 "executor_id": s.info.executor_id,
+                "slot": s.info.slot,
                 "node_id": s.info.node_id,
                 "status": s.status,
                 "fault": s.info.fault,
                 "handle": s.handle,
+                "public_key": s.info.public_key,
+                "capability": self.pool.setup.capability(s.index),
             }
             for s in sorted(self.pool.slots.values(), key=lambda s: s.index)
             if s.status in wanted
@@ -441,8 +495,9 @@ class TrustedVerifier:
             await asyncio.gather(*list(self._background), return_exceptions=True)
         await self.pool.settle(respawn_timeout)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, capability: bytes) -> None:
         """Stop all executors; calls in flight fail."""
+        self._authorise(capability)
         self.pool.shutdown()
 
     # -- bookkeeping shared by replications ------------------------------------------------
@@ -452,48 +507,49 @@ class TrustedVerifier:
         if info is not None:
             self.reputation.register(eid, info.index, info.node_id)
 
-    def _fail(self, out: _Outcome, task_id: str, instance: _Instance | None = None) -> None:
-        """Record a replica that produced no comparable answer, and retire its executor."""
-        if out.status == "timeout":
+    async def _receive(self, slot: Slot, spec: TaskSpec, ref: Any, timeout: float) -> Outcome:
+        """Await one replica's answer bytes and admit them."""
+        eid = slot.info.executor_id
+        expected = Expected(
+            spec.task_id, spec.attempt, eid, slot.info.slot, self.pool.keys.get(eid)
+        )
+        if isinstance(ref, BaseException):
+            return admit(NoAnswer(Status.CRASHED, f"submit failed: {ref}"), expected)
+        try:
+            raw = await asyncio.wait_for(_as_future(ref), timeout=timeout)
+        except asyncio.TimeoutError:
+            raw = NoAnswer(Status.TIMEOUT, f"no answer within {timeout:g}s")
+        except BaseException as exc:
+            raw = no_answer(exc)
+        return admit(raw, expected)
+
+    def _lost(self, out: Outcome, task_id: str, instance: _Instance | None = None) -> None:
+        """A replica produced no comparable answer: retire a crashed or stalled executor."""
+        if out.status is Status.TIMEOUT:
             self.pool.retire(out.executor_id, out.reason, kill=True)
-        elif out.status == "crashed":
+        elif out.status is Status.CRASHED:
             self.pool.retire(out.executor_id, out.reason)
         if instance is not None and out.executor_id in instance.holders:
             instance.holders.remove(out.executor_id)
-        self._register(out.executor_id)
-        self.reputation.record(out.executor_id, out.status, task_id, out.reason, out.attestation)
-        self._maybe_quarantine(out.executor_id)
+
+    def _apply(self, record: VerdictRecord, instance: _Instance | None) -> None:
+        """Reputation, quarantine and instance membership follow from a verdict record only."""
+        for j in record.judgements:
+            self._register(j.executor_id)
+        self.reputation.apply(record)
+        for j in record.judgements:
+            if j.label.flags:
+                self._maybe_quarantine(j.executor_id)
+            diverged = instance is not None and j.label is Label.DISAGREED
+            if diverged and j.executor_id in instance.holders:
+                # Its copy of the instance state has diverged: never ask it again.
+                instance.holders.remove(j.executor_id)
 
     def _maybe_quarantine(self, eid: str) -> None:
         if not self.pool.is_alive(eid):
             return
         if self.quarantine.should_quarantine(self.reputation.get(eid), len(self.pool.live())):
             self.pool.quarantine(eid)
-
-    def _judge(
-        self, task_id: str, rep: _Outcome, out: _Outcome, policy: Policy, instance: _Instance | None
-    ) -> Dissent | None:
-        """Record a comparable answer against the accepted one; returns a dissent if it differs."""
-        self._register(out.executor_id)
-        if out.digest == rep.digest:
-            agreed, reason = True, ""
-        else:
-            comp = compare(rep.canonical, out.canonical, policy.tolerance)
-            agreed = comp.agree
-            reason = (
-                ""
-                if agreed
-                else (render_leaf_diff(comp.leaf_diffs[0]) if comp.leaf_diffs else comp.reason)
-            )
-        if agreed:
-            self.reputation.record(out.executor_id, "agreed", task_id)
-            return None
-        self.reputation.record(out.executor_id, "disagreed", task_id, reason, out.attestation)
-        self._maybe_quarantine(out.executor_id)
-        if instance is not None and out.executor_id in instance.holders:
-            # Its copy of the instance state has diverged: never ask it again.
-            instance.holders.remove(out.executor_id)
-        return Dissent(out.executor_id, "disagreed", reason, out.attestation)
 
     def _track(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -502,10 +558,15 @@ class TrustedVerifier:
 
 
 class _Replication:
-    """The life of one verified call: dispatch, collect, decide, record."""
+    """The Ray side of one verified call: dispatch, receive, feed the pure state, act."""
 
     def __init__(
-        self, verifier: TrustedVerifier, call: CallSpec, invoke: Invoke, instance: _Instance | None
+        self,
+        verifier: TrustedVerifier,
+        call: CallSpec,
+        invoke: Invoke,
+        instance: _Instance | None,
+        on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
         self.v = verifier
         self.pool = verifier.pool
@@ -513,12 +574,13 @@ class _Replication:
         self.policy = call.policy
         self.invoke = invoke
         self.instance = instance
-        self.outcomes: list[_Outcome] = []
-        self.comparable: dict[str, _Outcome] = {}
+        self.on_outcome = on_outcome
+        # The tie-break key is drawn here and never leaves the verifier until the certificate:
+        # executors commit to their outputs without knowing it.
+        self.state = CallState(call.task_id, call.policy, tiebreak=os.urandom(32))
         self.running: set[asyncio.Task] = set()
-        self.used: set[str] = set()
+        self.used_slots: set[str] = set()
         self.attempt = 0
-        self.replacements_left = self.policy.replicas  # bound on re-execution after failures
         self.started = time.monotonic()
 
     def live_holders(self) -> list[str]:
@@ -535,238 +597,216 @@ class _Replication:
         return list(inst.holders)
 
     def pick(self, k: int) -> list[Slot]:
-        nodes = {self.pool.node_of(e) for e in self.used}
-        picked = self.pool.pick(self.call.task_id, k, self.used, nodes)
+        nodes = {s.info.node_id for s in self.pool.slots.values() if s.info.slot in self.used_slots}
+        picked = self.pool.pick(self.call.task_id, k, self.used_slots, nodes)
         if len(picked) < k:
             logger.info("%s: only %d of %d more replicas available", self.call.name, len(picked), k)
         return picked
+
+    def spare(self) -> int:
+        return 0 if self.instance is not None else self.pool.spare(self.used_slots)
 
     def start(self, slots: list[Slot]) -> None:
         """Dispatch one replica per slot. Synchronous: the calls leave in this order."""
         for slot in slots:
             eid = slot.info.executor_id
-            self.used.add(eid)
+            self.used_slots.add(slot.info.slot)
             spec = TaskSpec(self.call.task_id, self.attempt, self.call.name)
             try:
-                refs = self.invoke(slot, spec)
+                ref = self.invoke(slot, spec)
             except Exception as exc:
-                refs = exc
+                ref = exc
             self.pool.inflight[eid] += 1
-            self.running.add(asyncio.ensure_future(self._collect(eid, self.attempt, refs)))
+            self.running.add(asyncio.ensure_future(self._collect(slot, spec, ref)))
         if slots:
             self.attempt += 1
 
-    async def _collect(self, eid: str, attempt: int, refs: Any) -> _Outcome:
+    async def _collect(self, slot: Slot, spec: TaskSpec, ref: Any) -> Outcome:
+        eid = slot.info.executor_id
         try:
-            return await self._collect_one(eid, attempt, refs)
+            out = await self.v._receive(slot, spec, ref, self.policy.timeout_s)
         finally:
             self.pool.inflight[eid] -= 1
             if self.pool.inflight[eid] <= 0:
                 del self.pool.inflight[eid]
+        if self.on_outcome is not None:
+            self.on_outcome(out)
+        if not out.comparable:
+            self.v._lost(out, self.call.task_id, self.instance)
+        return out
 
-    async def _collect_one(self, eid: str, attempt: int, refs: Any) -> _Outcome:
-        if isinstance(refs, BaseException):
-            return _Outcome(eid, attempt, "crashed", reason=f"submit failed: {refs}")
-        timeout = self.policy.timeout_s
-        try:
-            # One object per replica, (output, attestation): the verifier needs both anyway, and
-            # one ref instead of two halves the cross-thread wake-ups per call.
-            output, att = await asyncio.wait_for(_as_future(refs), timeout=timeout)
-        except asyncio.TimeoutError:
-            return _Outcome(eid, attempt, "timeout", reason=f"no answer within {timeout:g}s")
-        except ray.exceptions.RayTaskError as exc:
-            canon = _error_canonical(exc)
-            cause = exc.cause or exc
-            return _Outcome(
-                eid,
-                attempt,
-                "error",
-                canonical=canon,
-                digest=digest_canonical(canon),
-                exception=cause,
-                reason=f"raised {type(cause).__name__}",
-            )
-        except ray.exceptions.RayError as exc:  # actor died, object lost, worker crashed
-            return _Outcome(eid, attempt, "crashed", reason=type(exc).__name__)
-        return self._check_answer(eid, attempt, att, output)
-
-    def _check_answer(self, eid: str, attempt: int, att: Any, output: Any) -> _Outcome:
-        if not isinstance(att, Attestation):
-            return _Outcome(eid, attempt, "invalid", reason="no attestation")
-        if (att.executor_id, att.task_id, att.attempt) != (eid, self.call.task_id, attempt):
-            return _Outcome(
-                eid,
-                attempt,
-                "invalid",
-                attestation=att,
-                reason="attestation names another executor, task or attempt",
-            )
-        if not att.verify(expected_key=self.pool.keys.get(eid)):
-            return _Outcome(
-                eid, attempt, "invalid", attestation=att, reason="bad signature or unregistered key"
-            )
-        try:
-            canon = canonicalize(output)
-        except TypeError as exc:
-            return _Outcome(eid, attempt, "invalid", attestation=att, reason=str(exc))
-        dig = digest_canonical(canon)
-        if dig != att.digest:
-            return _Outcome(
-                eid,
-                attempt,
-                "invalid",
-                attestation=att,
-                reason="attested digest does not match the output",
-            )
-        return _Outcome(
-            eid, attempt, "ok", output=output, canonical=canon, digest=dig, attestation=att
-        )
-
-    def _evaluate(self) -> Evaluation:
-        return evaluate(
-            {k: v.canonical for k, v in self.comparable.items()},
-            {k: v.digest for k, v in self.comparable.items()},
-            len(self.running),
-            self.policy,
-        )
+    def _dispatch(self, k: int) -> None:
+        picked = self.pick(k)
+        if len(picked) < k:
+            # Contract of CallState: k replicas are counted as running; report the shortfall.
+            for _ in range(k - len(picked)):
+                self.state.feed(
+                    failed(
+                        Expected(self.call.task_id, self.attempt, "-", "-", None),
+                        Status.CRASHED,
+                        "no executor available",
+                    )
+                )
+        self.start(picked)
 
     async def finish(self) -> tuple[Any, Callable[[], Certificate]]:
         counters = self.v.counters
         counters["calls"] += 1
-        evaluation = self._evaluate()
-        while self.running and evaluation.accepted is None:
+        self.state.start(len(self.running))
+        while True:
+            decision = self.state.decide(spare=self.spare())
+            if decision.step is Step.ACCEPT:
+                break
+            if decision.step is Step.FAIL:
+                counters["failed"] += 1
+                assert decision.record is not None
+                self.v._apply(decision.record, self.instance)
+                raise self._no_verdict(decision)
+            if decision.step is Step.REPLACE:
+                counters["replacements"] += decision.count
+                self._dispatch(decision.count)
+                continue
+            if decision.step is Step.ESCALATE:
+                counters["escalations"] += 1
+                logger.info(
+                    "%s %s: %s, adding %d replicas",
+                    self.call.name,
+                    self.call.task_id,
+                    decision.reason,
+                    decision.count,
+                )
+                self._dispatch(decision.count)
+                continue
             done, _ = await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 self.running.discard(task)
-                out = task.result()
-                self.outcomes.append(out)
-                if out.comparable:
-                    self.comparable[out.executor_id] = out
-                    continue
-                self.v._fail(out, self.call.task_id, self.instance)
-                if self.instance is None and self.replacements_left > 0:
-                    more = self.pick(1)
-                    self.replacements_left -= len(more)
-                    counters["replacements"] += len(more)
-                    self.start(more)
-            evaluation = self._evaluate()
-            if evaluation.accepted is None and not self.running and self.instance is None:
-                k = escalation_size(evaluation.best_size, len(self.comparable), self.policy)
-                extra = self.pick(k) if k else []
-                if k and len(extra) == k:
-                    counters["escalations"] += 1
-                    logger.info(
-                        "%s %s: no quorum among %d outputs, adding %d replicas",
-                        self.call.name,
-                        self.call.task_id,
-                        len(self.comparable),
-                        k,
-                    )
-                    self.start(extra)
-        if evaluation.accepted is None:
-            counters["failed"] += 1
-            raise self._no_verdict(evaluation)
-        cert = self._conclude(evaluation)
+                self.state.feed(task.result())
+        record = decision.record
+        assert record is not None and record.accepted is not None
         counters["accepted"] += 1
-        rep = self.comparable[evaluation.accepted.representative]
+        cert = self._issuer(record)
         if self.running:
-            self.v._track(self._judge_late(rep))
+            self.v._track(self._judge_late())
+        else:
+            self.v._apply(self.state.final_record(), self.instance)
         logger.debug(
             "%s %s accepted in %.3fs",
             self.call.name,
             self.call.task_id,
             time.monotonic() - self.started,
         )
-        if rep.status == "error":
-            # Replicas agree the user's code raised: the caller gets that exception, as with Ray.
-            raise rep.exception  # type: ignore[misc]
-        return rep.output, cert
+        if record.accepted.status is Status.ERROR:
+            counters["user_errors"] += 1
+        return accepted_result(record), cert
 
-    def _no_verdict(self, evaluation: Evaluation) -> Exception:
-        for eid in sorted(self.comparable):
-            self.v._register(eid)
-            self.v.reputation.record(
-                eid, "disputed", self.call.task_id, "no quorum", self.comparable[eid].attestation
-            )
+    def _no_verdict(self, decision: Decision) -> Exception:
         name, tid = self.call.name, self.call.task_id
-        if not self.comparable:
+        comparable = self.state.comparable
+        fates = "; ".join(
+            f"{j.executor_id} {j.label.value}" + (f" ({j.reason})" if j.reason else "")
+            for j in (decision.record.judgements if decision.record else ())
+        )
+        if not comparable:
             return ExecutorUnavailableError(
-                f"{name} ({tid}): no replica produced an answer: "
-                + "; ".join(f"{o.executor_id} {o.status} ({o.reason})" for o in self.outcomes)
-                + ". Check executor health with cluster.report(), or add executors.",
+                f"{name} ({tid}): no replica produced an answer: {fates}. Check executor "
+                "health with cluster.report(), or add executors.",
                 task_id=tid,
             )
-        diff = render_disagreement(
-            evaluation.clusters,
-            {k: v.canonical for k, v in self.comparable.items()},
-            self.policy.tolerance,
-        )
-        return NoQuorumError(
-            f"{name} ({tid}): replicas disagree and no cluster reached the quorum "
-            f"({evaluation.best_size} agreeing of {len(self.comparable)} compared, "
-            f"{evaluation.needed} needed, max_replicas={self.policy.max_replicas}).\n{diff}\n"
+        by_slot = {o.executor_id: o.canonical for o in comparable.values()}
+        clusters = _clusters_for_diff(self.state)
+        diff = render_disagreement(clusters, by_slot, self.policy.tolerance)
+        failures = list(self.state.failures)
+        advice = (
             "If the differences are honest numeric noise, loosen the tolerance; otherwise raise "
-            "max_replicas (or add executors) so more replicas can outvote the faulty ones.",
+            "max_replicas (or add executors) so more replicas can outvote the faulty ones."
+        )
+        if failures and len(comparable) < int(self.policy.quorum or 1):
+            advice = (
+                f"{len(failures)} replica(s) crashed, stalled or sent invalid answers, so too "
+                "few answers were left to outvote each other; check cluster.report()."
+            )
+        return NoQuorumError(
+            f"{name} ({tid}): replicas disagree and no group of agreeing outputs reached the "
+            f"quorum ({decision.best} agreeing of {len(comparable)} compared, "
+            f"max_replicas={self.policy.max_replicas}).\nReplicas: {fates}\n{diff}\n{advice}",
             task_id=tid,
         )
 
-    def _conclude(self, ev: Evaluation) -> Callable[[], Certificate]:
-        accepted = ev.accepted
-        assert accepted is not None
-        rep = self.comparable[accepted.representative]
-        agreeing: list[Attestation] = []
-        dissent: list[Dissent] = []
-        for eid in sorted(self.comparable):
-            out = self.comparable[eid]
-            if eid in accepted.members:
-                self.v._register(eid)
-                self.v.reputation.record(eid, "agreed", self.call.task_id)
-                if out.attestation is not None:
-                    agreeing.append(out.attestation)
-            else:
-                d = self.v._judge(self.call.task_id, rep, out, self.policy, self.instance)
-                # Outside the cluster means it disagrees with the representative.
-                dissent.append(
-                    d or Dissent(eid, "disagreed", "outside the accepted cluster", out.attestation)
-                )
-        dissent += [
-            Dissent(o.executor_id, o.status, o.reason, o.attestation)
-            for o in self.outcomes
-            if not o.comparable
-        ]
+    def _issuer(self, record: VerdictRecord) -> Callable[[], Certificate]:
         # Signing is deferred to the first bft_ray.certificate() call: most callers never ask,
         # and the verdict's latency should not pay for an Ed25519 signature.
-        fields = dict(
-            task_id=self.call.task_id,
-            name=self.call.name,
-            digest=rep.digest,
-            tolerance=self.policy.tolerance,
-            quorum=ev.needed,
-            compared=len(self.comparable) + len(self.running),
-            representative=rep.executor_id,
-            agreeing=tuple(agreeing),
-            dissenting=tuple(dissent),
+        meta = self.call.meta or _default_meta(self.call)
+        fields = certificate_fields(
+            record, meta, self.policy.tolerance.describe(), dict(self.pool.keys)
         )
         key, verifier_id = self.v._key, self.v.verifier_id
 
         def issue() -> Certificate:
-            tol = fields.pop("tolerance")
-            return Certificate.issue(key, verifier_id, tolerance=tol.describe(), **fields)
+            return Certificate.issue(key, verifier_id, **fields)
 
         return issue
 
-    async def _judge_late(self, rep: _Outcome) -> None:
-        """Judge replicas still running at verdict time, for their reputation only."""
+    async def _judge_late(self) -> None:
+        """Judge replicas still running at verdict time, then apply the final record."""
         for task in list(self.running):
             try:
                 out = await task
             except Exception as exc:
                 logger.warning("late replica of %s failed to report: %s", self.call.task_id, exc)
                 continue
-            if out.comparable:
-                self.v._judge(self.call.task_id, rep, out, self.policy, self.instance)
-            else:
-                self.v._fail(out, self.call.task_id, self.instance)
+            self.state.judge_late(out)
+        self.v._apply(self.state.final_record(), self.instance)
+
+
+def _clusters_for_diff(state: CallState) -> list:
+    """Agreement clusters of what arrived, for the disagreement diff only."""
+    from bft_ray.compare.cluster import cluster_outputs
+
+    outs = {o.executor_id: o.canonical for o in state.comparable.values()}
+    digests = {o.executor_id: o.digest for o in state.comparable.values()}
+    return cluster_outputs(outs, state.policy.tolerance, digests)
+
+
+def _default_meta(call: CallSpec) -> CallMeta:
+    from bft_ray.verifier.certificate import FunctionId
+
+    return CallMeta(call.task_id, call.name, FunctionId("", call.name, ""), b"\x00" * 32)
+
+
+def _text_answer(raw: Any) -> str:
+    from bft_ray.compare.wire import WireFormatError, decode_canonical
+
+    if not isinstance(raw, bytes):
+        return "<unreadable>"
+    try:
+        canon = decode_canonical(raw)
+    except WireFormatError:
+        return "<unreadable>"
+    if len(canon.leaves) != 1 or canon.leaves[0].dtype != "str":
+        return "<unreadable>"
+    return bytes(canon.leaves[0].array).decode("utf-8", "replace")[:200]
+
+
+async def _arguments_ready(args: list, kwargs: dict) -> None:
+    """Wait until the call's top-level object-ref arguments exist; raise an upstream failure.
+
+    The values are never read here (see :func:`bft_ray.executor.guard.probe_begin`); waiting
+    first means a replica's time limit starts only when its arguments can be resolved, so a
+    slow or failed upstream task never counts against an executor.
+    """
+    refs = [a for a in (*args, *kwargs.values()) if isinstance(a, ray.ObjectRef)]
+    if not refs:
+        return
+    for r in refs:
+        guard.probe_begin(r)
+    try:
+        results = await asyncio.gather(*(_as_future(r) for r in refs), return_exceptions=True)
+    finally:
+        for r in refs:
+            guard.probe_end(r)
+    for res in results:
+        if isinstance(res, BaseException):
+            raise res
 
 
 def _as_future(ref: Any) -> asyncio.Future:

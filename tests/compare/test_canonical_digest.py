@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections import namedtuple
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bft_ray.compare import canonicalize, digest, tree_map
+from bft_ray.compare import UnsupportedTypeError, canonicalize, digest, tree_map
 
 Pair = namedtuple("Pair", "a b")
 
@@ -83,8 +84,52 @@ def test_unsupported_leaf_is_a_clear_error():
         canonicalize({"x": object()})
 
 
+def test_structure_names_classes_fields_and_typed_keys():
+    c = canonicalize({"p": Pair(1, 2), "s": State(np.zeros(1), 1), 7: [None], b"k": ()})
+    assert c.structure == (
+        '{i7:[*],"p":nt:"tests.compare.test_canonical_digest"."Pair"("a"=*,"b"=*),'
+        '"s":dc:"tests.compare.test_canonical_digest"."State"("w"=*,"step"=*),b6b:()}'
+    )
+    assert [leaf.path for leaf in c.leaves] == ["7/0", "p/a", "p/b", "s/w", "s/step"]
+
+
+def test_leaf_kinds_are_exact():
+    kinds = [
+        leaf.dtype
+        for leaf in canonicalize(
+            [1, 1.0, True, 1j, np.float64(1), np.array(1.0), np.bool_(True), torch.ones(()), "s"]
+        ).leaves
+    ]
+    assert kinds == [
+        "py.int",
+        "py.float",
+        "py.bool",
+        "py.complex",
+        "np.float64",
+        "float64",
+        "np.bool",
+        "torch.float32",
+        "str",
+    ]
+    assert canonicalize(np.zeros(())).leaves[0].shape == ()  # 0-d stays 0-d
+
+
+@pytest.mark.parametrize(
+    "value",
+    [bytearray(b"ab"), memoryview(b"ab"), {"a"}, collections.OrderedDict(a=1)],
+    ids=lambda v: type(v).__name__,
+)
+def test_values_once_coerced_are_refused(value):
+    # Formerly bytearray/memoryview became bytes and dict subclasses became dicts, so distinct
+    # values shared a canonical form.
+    with pytest.raises(UnsupportedTypeError):
+        canonicalize(value)
+
+
 def test_tree_map_keeps_container_types():
     tree = {"a": [1, 2], "p": Pair(3, 4), "s": State(np.ones(1), 5)}
     out = tree_map(lambda v: v * 2, tree)
     assert out["a"] == [2, 4] and out["p"] == Pair(6, 8) and isinstance(out["s"], State)
     assert out["s"].step == 10
+    dd = tree_map(lambda v: v + 1, collections.defaultdict(list, {"a": 1}))
+    assert dd == {"a": 2} and dd.default_factory is list

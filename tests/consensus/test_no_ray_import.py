@@ -114,3 +114,59 @@ def test_packages_load_without_ray_in_a_fresh_interpreter():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "RAY [] OTHER []" in out.stdout
+
+
+# The pure verdict path: what every verifier backend (and the BFT verifiers' payload validation)
+# runs. It may use bft_ray's pure modules, and the error hierarchy (whose base class is Ray's
+# RayError), but never Ray itself nor the actor, pool, guard or API layers.
+VERDICT_PATH = [
+    "bft_ray/verifier/admission.py",
+    "bft_ray/verifier/decision.py",
+    "bft_ray/verifier/records.py",
+    "bft_ray/verifier/certificate.py",
+    "bft_ray/executor/envelope.py",
+    "bft_ray/executor/attestation.py",
+    "bft_ray/compare/wire.py",
+    "bft_ray/compare/canonical.py",
+    "bft_ray/compare/digest.py",
+    "bft_ray/compare/tolerance.py",
+]
+VERDICT_ALLOWED = {
+    "bft_ray.compare",
+    "bft_ray.config",
+    "bft_ray.crypto",
+    "bft_ray.errors",
+    "bft_ray.executor.attestation",
+    "bft_ray.executor.envelope",
+    "bft_ray.verifier.admission",
+    "bft_ray.verifier.certificate",
+    "bft_ray.verifier.decision",
+}
+
+
+def verdict_violations(path: Path, root: Path = ROOT) -> list[str]:
+    bad = []
+    for mod in imported_modules(path, root):
+        top = mod.split(".")[0]
+        if top == "ray":
+            bad.append(f"{path.name}: imports {mod}")
+        if top == "bft_ray" and not any(
+            mod == a or mod.startswith(a + ".") for a in VERDICT_ALLOWED
+        ):
+            bad.append(f"{path.name}: imports {mod}")
+    return bad
+
+
+def test_verdict_path_check_can_fail(tmp_path):
+    fake = tmp_path / "bft_ray" / "verifier" / "probe.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("import ray\nfrom bft_ray.executor import guard\nfrom ..api import init\n")
+    found = verdict_violations(fake, root=tmp_path)
+    assert len(found) == 3, found
+
+
+def test_verdict_path_never_imports_ray_or_the_actor_layers():
+    bad = []
+    for rel in VERDICT_PATH:
+        bad += verdict_violations(ROOT / rel)
+    assert not bad, bad

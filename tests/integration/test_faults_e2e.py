@@ -1,5 +1,8 @@
 """Each fault behaviour end to end: the caller gets the right value, the faulty executor is flagged.
 
+This is the shared verdict suite: it runs once per verifier backend in
+``_support.VERIFIER_BACKENDS`` (the trusted verifier today; the BFT group joins it there).
+
 One cluster of five executors for the module; every call uses all five (replicas=5, quorum=3),
 so the faulty slot takes part in every call. Faults are swapped at run time with
 ``cluster.inject_fault`` and healed after each test. Quarantine is off so slots stay in service.
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _support import row_for_slot
+from _support import VERIFIER_BACKENDS, row_for_slot
 
 import bft_ray
 from bft_ray import faults
@@ -20,9 +23,9 @@ N = 5
 FAULTY = 4
 
 
-@pytest.fixture(scope="module")
-def cluster(ray_module):
-    c = bft_ray.init(executors=N, quarantine_below=0.0)
+@pytest.fixture(scope="module", params=sorted(VERIFIER_BACKENDS))
+def cluster(ray_module, request):
+    c = bft_ray.init(executors=N, quarantine_below=0.0, **VERIFIER_BACKENDS[request.param])
     yield c
     c.shutdown()
 
