@@ -2,7 +2,13 @@
 
 The attestation is what makes a penalty evidence-backed: an executor that returned a wrong
 output signed its digest, so anyone holding the certificate can check who said what. Every
-field is covered by the signature, the public key included.
+field is covered by the signature, the public key included, under the domain tag
+``bft-ray/attestation/v2``:
+
+``task_id``, ``attempt``, ``executor_id``, ``slot``, ``kind``, ``digest``, ``public_key``.
+
+Checking never raises: :meth:`Attestation.verify` answers ``False`` for a forged, re-labelled
+or malformed attestation (wrong types, wrong lengths, an unknown kind).
 
 Example:
     >>> from bft_ray.crypto import SigningKey
@@ -10,6 +16,9 @@ Example:
     >>> att = Attestation.create(key, "task-1", 0, "ex0", "slot0", "value", b"\\x00" * 32)
     >>> att.verify(), att.verify(expected_key=SigningKey.generate().public_bytes)
     (True, False)
+    >>> import dataclasses
+    >>> dataclasses.replace(att, executor_id="ex1").verify()   # every field is signed
+    False
     >>> Attestation.from_dict(att.to_dict()) == att
     True
 """
@@ -17,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from bft_ray.crypto import SigningKey, encode_fields, verify_signature
@@ -25,12 +35,19 @@ __all__ = ["KINDS", "Attestation"]
 
 _DOMAIN = b"bft-ray/attestation/v2"
 KINDS = ("value", "error")
+_TEXT = ("task_id", "executor_id", "slot", "kind")
 _BYTES = {"digest": 32, "public_key": 32, "signature": 64}
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_HEX = re.compile(r"(?:[0-9a-f]{2})*")
 
 
 @dataclasses.dataclass(frozen=True)
 class Attestation:
     """An executor's signed claim about its answer.
+
+    Construct one with :meth:`create` (which signs); the constructor itself accepts anything, so
+    that a received, possibly malformed attestation can be represented and then rejected by
+    :meth:`verify`.
 
     Attributes:
         task_id: Task the answer is for.
@@ -39,9 +56,9 @@ class Attestation:
         slot: The executor's slot (a GPU of a node); a respawn keeps it.
         kind: ``"value"`` (the digest is of a returned value) or ``"error"`` (of the record of
             an exception user code raised).
-        digest: blake3 digest of the canonical answer bytes.
+        digest: blake3 digest of the canonical answer bytes (32 bytes).
         public_key: Executor's Ed25519 public key (raw 32 bytes).
-        signature: Signature over every field above.
+        signature: Ed25519 signature (64 bytes) over every field above.
     """
 
     task_id: str
@@ -54,7 +71,7 @@ class Attestation:
     signature: bytes
 
     def message(self) -> bytes:
-        """The signed bytes."""
+        """The signed bytes (domain-separated, length-prefixed fields)."""
         return _message(
             self.task_id,
             self.attempt,
@@ -76,20 +93,29 @@ class Attestation:
         kind: str,
         digest: bytes,
     ) -> Attestation:
-        msg = _message(task_id, attempt, executor_id, slot, kind, digest, key.public_bytes)
-        return cls(
-            task_id, attempt, executor_id, slot, kind, digest, key.public_bytes, key.sign(msg)
-        )
+        """Sign a claim with ``key`` (runs inside the executor).
+
+        Raises:
+            ValueError: For fields that could never verify (an unknown kind, a digest that is
+                not 32 bytes, non-text ids, an attempt outside 64-bit range).
+        """
+        digest = bytes(digest) if isinstance(digest, (bytearray, memoryview)) else digest
+        fields = (task_id, attempt, executor_id, slot, kind, digest, key.public_bytes)
+        if not cls(*fields, bytes(64)).well_formed():
+            raise ValueError(
+                "an attestation needs text task_id/executor_id/slot, an integer attempt, "
+                f"kind in {KINDS} and a 32-byte digest"
+            )
+        return cls(*fields, key.sign(_message(*fields)))
 
     def well_formed(self) -> bool:
-        """Whether every field has its type and size (never raises)."""
+        """Whether every field has its exact type and size, and the kind is known (never raises)."""
         try:
             return (
-                all(
-                    type(getattr(self, f)) is str
-                    for f in ("task_id", "executor_id", "slot", "kind")
-                )
+                type(self) is Attestation
+                and all(type(getattr(self, f)) is str for f in _TEXT)
                 and type(self.attempt) is int
+                and _INT64[0] <= self.attempt <= _INT64[1]
                 and self.kind in KINDS
                 and all(
                     type(getattr(self, f)) is bytes and len(getattr(self, f)) == n
@@ -104,17 +130,20 @@ class Attestation:
 
         Never raises: a malformed attestation is simply not valid.
         """
-        if not self.well_formed():
-            return False
-        if expected_key is not None and expected_key != self.public_key:
-            return False
         try:
+            if not self.well_formed():
+                return False
+            if expected_key is not None and (
+                not isinstance(expected_key, (bytes, bytearray, memoryview))
+                or bytes(expected_key) != self.public_key
+            ):
+                return False
             return verify_signature(self.public_key, self.message(), self.signature)
         except Exception:
             return False
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (bytes as hex)."""
+        """JSON-ready fields (bytes as lowercase hex)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -126,27 +155,33 @@ class Attestation:
         """Strict inverse of :meth:`to_dict`.
 
         Raises:
-            ValueError: For missing, extra or mistyped fields.
+            ValueError: For missing, extra or mistyped fields, hex that is not lowercase and
+                even-length, wrong lengths or an unknown kind.
         """
         names = [f.name for f in dataclasses.fields(cls)]
-        if not isinstance(data, dict) or set(data) != set(names):
+        if type(data) is not dict or set(data) != set(names):
             raise ValueError(f"an attestation needs exactly the fields {names}")
         kw: dict[str, Any] = {}
         for name in names:
             v = data[name]
             if name in _BYTES:
-                if not isinstance(v, str):
-                    raise ValueError(f"attestation field {name} must be hex text")
+                if type(v) is not str or not _HEX.fullmatch(v):
+                    raise ValueError(f"attestation field {name} must be lowercase hex text")
                 kw[name] = bytes.fromhex(v)
             elif name == "attempt":
                 if type(v) is not int:
                     raise ValueError("attestation field attempt must be an integer")
                 kw[name] = v
             else:
-                if not isinstance(v, str):
+                if type(v) is not str:
                     raise ValueError(f"attestation field {name} must be text")
                 kw[name] = v
-        return cls(**kw)
+        att = cls(**kw)
+        if not att.well_formed():
+            raise ValueError(
+                f"attestation fields out of range (kind in {KINDS}, sizes {_BYTES}, 64-bit attempt)"
+            )
+        return att
 
 
 def _message(

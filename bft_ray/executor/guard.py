@@ -15,7 +15,9 @@ the task that created it, which embeds the actor id) are handled strictly:
 * metadata ``RAW`` with no nested refs: the bytes are returned as ``bytes``, unparsed; the
   caller decodes them with the strict wire decoder (:mod:`bft_ray.compare.wire`);
 * anything else is never deserialised. A Ray system error code (actor or worker died, object
-  lost, ...) becomes :class:`ExecutorCrashedError`, anything else :class:`UntrustedPayloadError`.
+  lost, ...) becomes :class:`ExecutorCrashedError`; anything else, including an exception
+  object the executor wrote itself (``TASK_EXECUTION_EXCEPTION``, a pickle), becomes
+  :class:`UntrustedPayloadError`.
   Either way the replica produced no answer; whether Ray or the executor wrote that metadata
   does not matter, since an executor can always crash instead.
 
@@ -112,6 +114,14 @@ def _strict(data: Any, metadata: Any) -> Any:
     if kind == _RAW:
         return b"" if data is None else data.to_pybytes()
     name = _error_name(kind) if kind else None
+    if name == "TASK_EXECUTION_EXCEPTION":
+        # An exception object written by the executor process itself (its payload is a
+        # pickle): the actor is alive and answered with something other than bytes.
+        return UntrustedPayloadError(
+            "executor returned an exception object instead of raw bytes; refused without "
+            "deserialising it",
+            metadata=name,
+        )
     if name is not None:
         return ExecutorCrashedError(f"executor object is a Ray error ({name})", error=name)
     shown = kind[:32].decode("ascii", "replace") or "<none>"

@@ -5,13 +5,16 @@ code), the digest of the call's arguments, the accepted answer's kind and digest
 and quorum it was judged under, the tie-break key that chose the value among agreeing outputs
 (revealed only now, after the outputs were committed), the signed attestation of every
 executor that agreed, every dissent (with its attestation when there is one), the registry of
-the executors' public keys, and the verifiers' signatures over all of it.
+the executors' public keys, and the verifiers' signatures over all of it (:meth:`Certificate.body`,
+domain ``bft-ray/certificate/v2``).
+
 :func:`verify_certificate` checks it with nothing but public keys and never raises on bad input;
-certificates round-trip through JSON (:meth:`Certificate.to_json`,
-:meth:`Certificate.from_json`), so a process that never ran Ray can check one.
+certificates round-trip exactly through JSON (:meth:`Certificate.to_json`,
+:meth:`Certificate.from_json`), so a process that never ran Ray can check one. The format and
+every check are described in ``docs/certificates.md``.
 
 In the trusted-verifier mode (``verifiers=1``) one verifier signs. The BFT verifier group adds
-``2f + 1`` verifier signatures over the same body.
+``2f + 1`` verifier signatures over the same body (``min_verifier_signatures=2 * f + 1``).
 
 Example:
     >>> import numpy as np
@@ -33,7 +36,9 @@ Example:
     True
     >>> verify_certificate(Certificate.from_json(cert.to_json()), [vkey.public_bytes])
     True
-    >>> verify_certificate(cert, [vkey.public_bytes], task_id="t2")
+    >>> verify_certificate(cert, [vkey.public_bytes], task_id="t2")   # another task's
+    False
+    >>> verify_certificate({"task_id": "t1"}, [vkey.public_bytes])    # never raises
     False
 """
 
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -53,12 +59,24 @@ __all__ = ["Certificate", "Dissent", "FunctionId", "VerifierSignature", "verify_
 _DOMAIN = b"bft-ray/certificate/v2"
 VERSION = 2
 MODES = ("trusted", "bft")
+# "disputed" is the verdict path's label for a call with no verdict; it never appears in an
+# accepted record but is a known label, so it is not malformed.
 OUTCOMES = ("disagreed", "unaligned", "crashed", "timeout", "invalid", "late", "disputed")
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_HEX = re.compile(r"(?:[0-9a-f]{2})*")
+_BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
 @dataclasses.dataclass(frozen=True)
 class FunctionId:
-    """Which code a certificate is about: module, qualified name, digest of its pickled bytes."""
+    """Which code a certificate is about.
+
+    Attributes:
+        module: Module that defines the function (or class).
+        qualname: Qualified name.
+        code_digest: Hex of a blake3 digest of the pickled function (computed by the caller;
+            empty when unknown).
+    """
 
     module: str
     qualname: str
@@ -67,7 +85,16 @@ class FunctionId:
 
 @dataclasses.dataclass(frozen=True)
 class Dissent:
-    """An executor whose answer was not among the agreeing, with why and its attestation."""
+    """An executor whose answer was not among the agreeing, with why and its attestation.
+
+    Attributes:
+        executor_id: The executor.
+        outcome: One of ``"disagreed"`` (flagged), ``"unaligned"`` (within tolerance of a quorum
+            but not of the representative; not flagged), ``"crashed"``, ``"timeout"``,
+            ``"invalid"`` or ``"late"``.
+        reason: Human-readable explanation.
+        attestation: The executor's signed attestation, when it sent one.
+    """
 
     executor_id: str
     outcome: str
@@ -77,7 +104,13 @@ class Dissent:
 
 @dataclasses.dataclass(frozen=True)
 class VerifierSignature:
-    """One verifier's signature over a certificate body."""
+    """One verifier's signature over a certificate body.
+
+    Attributes:
+        verifier_id: Name of the verifier (informative; the key is what is checked).
+        public_key: Its raw 32-byte Ed25519 public key.
+        signature: Its 64-byte signature over :meth:`Certificate.body`.
+    """
 
     verifier_id: str
     public_key: bytes
@@ -89,22 +122,24 @@ class Certificate:
     """Evidence that ``digest`` is the accepted answer of ``task_id``.
 
     Attributes:
-        version: Format version.
-        mode: ``"trusted"`` (one verifier) or ``"bft"``.
         task_id: The verified call.
         function: The function (or method) that was called.
-        args_digest: Digest of the call's arguments.
+        args_digest: Digest of the call's arguments (32 bytes).
         kind: ``"value"``, or ``"error"`` when the replicas agreed that user code raised.
-        digest: Digest of the accepted answer (the representative's).
+        digest: Digest of the accepted answer (the representative's, 32 bytes).
         tolerance: Tolerance the outputs were compared under (described).
         quorum: Agreeing outputs that were required.
         compared: Outputs that could count when the verdict was reached.
         representative: Executor whose answer is the accepted value.
-        tiebreak: Key that chose the value among agreeing outputs (revealed after commitment).
+        tiebreak: Key (32 bytes) that chose the value among agreeing outputs, revealed only
+            after the outputs were committed.
         agreeing: Signed attestations of the executors that agreed with the value.
         dissenting: Every other replica known at verdict time, with its outcome.
-        executor_keys: Registry: executor id -> registered public key, for every executor named.
+        executor_keys: Registry: ``(executor id, registered public key)`` for every executor
+            named in ``agreeing`` and ``dissenting``.
         signatures: Verifier signatures over :meth:`body`.
+        version: Format version (2).
+        mode: ``"trusted"`` (one verifier) or ``"bft"`` (a verifier group).
     """
 
     task_id: str
@@ -128,6 +163,7 @@ class Certificate:
 
     @classmethod
     def unsigned(cls, **fields: Any) -> Certificate:
+        """A certificate with no signatures yet (``version`` and ``mode`` have defaults)."""
         fields.setdefault("signatures", ())
         return cls(**fields)
 
@@ -150,10 +186,16 @@ class Certificate:
 
     @property
     def verifier_ids(self) -> list[str]:
+        """Verifiers that signed (as they name themselves; the keys are what is checked)."""
         return [s.verifier_id for s in self.signatures]
 
     def body(self) -> bytes:
-        """The signed bytes: every field except the signatures, unambiguously encoded."""
+        """The signed bytes: every field except the signatures, unambiguously encoded.
+
+        Fields are length-prefixed in a fixed order, sequences are preceded by their length and
+        an optional attestation by a presence flag, so two different certificates never share
+        a body.
+        """
         f = self.function
         fields: list[bytes | str | int] = [
             self.version,
@@ -185,8 +227,13 @@ class Certificate:
         return encode_fields(_DOMAIN, *fields)
 
     def summary(self) -> str:
+        """Readable multi-line description."""
+        f = self.function
         lines = [
-            f"certificate for {self.function.qualname} task {self.task_id} ({self.mode} mode)",
+            f"certificate for {f'{f.module}.' if f.module else ''}{f.qualname} "
+            f"task {self.task_id} ({self.mode} mode)",
+            f"  code        {f.code_digest or '(unknown)'}",
+            f"  arguments   {self.args_digest.hex()}",
             f"  {self.kind:<11} {self.digest.hex()}",
             f"  tolerance   {self.tolerance}",
             f"  quorum      {len(self.agreeing)}/{self.compared} agreeing (needed {self.quorum})",
@@ -194,7 +241,8 @@ class Certificate:
             f"  value from  {self.representative} (chosen with key {self.tiebreak.hex()[:16]}...)",
         ]
         for d in self.dissenting:
-            lines.append(f"  dissent     {d.executor_id}: {d.outcome} ({d.reason})")
+            signed = " signed" if d.attestation is not None else ""
+            lines.append(f"  dissent     {d.executor_id}: {d.outcome}{signed} ({d.reason})")
         for s in self.signatures:
             lines.append(f"  verifier    {s.verifier_id} {s.public_key.hex()[:16]}... signed")
         return "\n".join(lines)
@@ -202,12 +250,16 @@ class Certificate:
     # -- JSON -------------------------------------------------------------------------------
 
     def to_json(self) -> str:
-        """The certificate as JSON text (bytes as hex)."""
+        """The certificate as JSON text (bytes as lowercase hex, keys sorted)."""
         data = {
             "version": self.version,
             "mode": self.mode,
             "task_id": self.task_id,
-            "function": dataclasses.asdict(self.function),
+            "function": {
+                "module": self.function.module,
+                "qualname": self.function.qualname,
+                "code_digest": self.function.code_digest,
+            },
             "args_digest": self.args_digest.hex(),
             "kind": self.kind,
             "digest": self.digest.hex(),
@@ -242,65 +294,89 @@ class Certificate:
     def from_json(cls, text: Any) -> Certificate:
         """Parse :meth:`to_json` output strictly.
 
+        Missing, extra or duplicated fields, wrong types, hex that is not lowercase, wrong byte
+        lengths, out-of-range integers and unknown versions, modes, kinds or outcomes are all
+        refused. Parsing checks the form only: call :func:`verify_certificate` on the result.
+
         Raises:
             CertificateError: For anything that is not a well-formed certificate.
         """
         try:
-            data = json.loads(text)
-            return _from_data(data)
+            if not isinstance(text, (str, bytes, bytearray)):
+                raise CertificateError(f"certificate JSON must be text, not {type(text).__name__}")
+            data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+            cert = _from_data(data)
+            _shape(cert)
+            return cert
         except CertificateError:
             raise
         except Exception as exc:
             raise CertificateError(f"not a certificate: {type(exc).__name__}: {exc}") from None
 
 
+# -- JSON parsing ----------------------------------------------------------------------------
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise CertificateError("duplicated field in certificate JSON")
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise CertificateError(f"{name} is not allowed in certificate JSON")
+
+
 def _need(data: Any, keys: Iterable[str], what: str) -> dict:
     keys = set(keys)
-    if not isinstance(data, dict) or set(data) != keys:
+    if type(data) is not dict or set(data) != keys:
         raise CertificateError(f"{what} needs exactly the fields {sorted(keys)}")
     return data
 
 
 def _text(v: Any, what: str) -> str:
-    if not isinstance(v, str):
+    if type(v) is not str:
         raise CertificateError(f"{what} must be text")
     return v
 
 
 def _int(v: Any, what: str) -> int:
-    if type(v) is not int:
-        raise CertificateError(f"{what} must be an integer")
+    if type(v) is not int or not _INT64[0] <= v <= _INT64[1]:
+        raise CertificateError(f"{what} must be a 64-bit integer")
     return v
 
 
 def _hex(v: Any, what: str) -> bytes:
+    if not _HEX.fullmatch(_text(v, what)):
+        raise CertificateError(f"{what} is not lowercase hex")
+    return bytes.fromhex(v)
+
+
+def _list(v: Any, what: str) -> list:
+    if type(v) is not list:
+        raise CertificateError(f"{what} must be a list")
+    return v
+
+
+def _attestation(data: Any, what: str) -> Attestation:
     try:
-        return bytes.fromhex(_text(v, what))
-    except ValueError:
-        raise CertificateError(f"{what} is not hex") from None
+        return Attestation.from_dict(data)
+    except ValueError as exc:
+        raise CertificateError(f"bad {what}: {exc}") from None
 
 
 def _from_data(data: Any) -> Certificate:
     names = [f.name for f in dataclasses.fields(Certificate)]
     d = _need(data, names, "a certificate")
     fn = _need(d["function"], ("module", "qualname", "code_digest"), "function")
-    if not isinstance(d["agreeing"], list) or not isinstance(d["dissenting"], list):
-        raise CertificateError("agreeing and dissenting must be lists")
-    agreeing = []
-    for a in d["agreeing"]:
-        try:
-            agreeing.append(Attestation.from_dict(a))
-        except ValueError as exc:
-            raise CertificateError(f"bad attestation: {exc}") from None
+    agreeing = [_attestation(a, "attestation") for a in _list(d["agreeing"], "agreeing")]
     dissenting = []
-    for x in d["dissenting"]:
+    for x in _list(d["dissenting"], "dissenting"):
         x = _need(x, ("executor_id", "outcome", "reason", "attestation"), "a dissent")
         att = None
         if x["attestation"] is not None:
-            try:
-                att = Attestation.from_dict(x["attestation"])
-            except ValueError as exc:
-                raise CertificateError(f"bad dissent attestation: {exc}") from None
+            att = _attestation(x["attestation"], "dissent attestation")
         dissenting.append(
             Dissent(
                 _text(x["executor_id"], "dissent executor_id"),
@@ -309,15 +385,13 @@ def _from_data(data: Any) -> Certificate:
                 att,
             )
         )
-    if not isinstance(d["executor_keys"], list) or not isinstance(d["signatures"], list):
-        raise CertificateError("executor_keys and signatures must be lists")
     keys = []
-    for entry in d["executor_keys"]:
-        if not isinstance(entry, list) or len(entry) != 2:
+    for entry in _list(d["executor_keys"], "executor_keys"):
+        if type(entry) is not list or len(entry) != 2:
             raise CertificateError("an executor_keys entry is [executor_id, key]")
         keys.append((_text(entry[0], "executor id"), _hex(entry[1], "executor key")))
     sigs = []
-    for s in d["signatures"]:
+    for s in _list(d["signatures"], "signatures"):
         s = _need(s, ("verifier_id", "public_key", "signature"), "a signature")
         sigs.append(
             VerifierSignature(
@@ -353,139 +427,177 @@ def _from_data(data: Any) -> Certificate:
 # -- checking --------------------------------------------------------------------------------
 
 
+def _sized(v: Any, size: int, what: str) -> None:
+    if type(v) is not bytes or len(v) != size:
+        raise CertificateError(f"{what} must be {size} bytes")
+
+
 def _shape(cert: Any) -> None:
-    """Types and sizes of every field (so the checks below cannot raise)."""
-    if not isinstance(cert, Certificate):
+    """Exact types and sizes of every field, so the checks below cannot be fooled or raise.
+
+    Exact types (no subclasses) matter: a ``str`` or ``tuple`` subclass could compare or
+    iterate differently from what its signed encoding says.
+    """
+    if type(cert) is not Certificate:
         raise CertificateError(f"not a Certificate: {type(cert).__name__}")
     for name in ("task_id", "kind", "tolerance", "representative", "mode"):
         _text(getattr(cert, name), name)
     for name in ("quorum", "compared", "version"):
         _int(getattr(cert, name), name)
-    if cert.version != VERSION or cert.mode not in MODES or cert.kind not in KINDS:
-        raise CertificateError("unknown version, mode or kind")
-    for name, size in (("args_digest", 32), ("digest", 32), ("tiebreak", 32)):
-        v = getattr(cert, name)
-        if type(v) is not bytes or len(v) != size:
-            raise CertificateError(f"{name} must be {size} bytes")
+    if cert.version != VERSION:
+        raise CertificateError(f"unknown certificate version {cert.version} (this is {VERSION})")
+    if cert.mode not in MODES or cert.kind not in KINDS:
+        raise CertificateError(f"mode must be one of {MODES} and kind one of {KINDS}")
+    for name in ("args_digest", "digest", "tiebreak"):
+        _sized(getattr(cert, name), 32, name)
     f = cert.function
-    if not isinstance(f, FunctionId) or not all(
-        isinstance(x, str) for x in (f.module, f.qualname, f.code_digest)
+    if type(f) is not FunctionId or not all(
+        type(x) is str for x in (f.module, f.qualname, f.code_digest)
     ):
         raise CertificateError("function must be a FunctionId of text fields")
     for seq in ("agreeing", "dissenting", "executor_keys", "signatures"):
-        if not isinstance(getattr(cert, seq), tuple):
+        if type(getattr(cert, seq)) is not tuple:
             raise CertificateError(f"{seq} must be a tuple")
     for a in cert.agreeing:
-        if not isinstance(a, Attestation) or not a.well_formed():
+        if type(a) is not Attestation or not a.well_formed():
             raise CertificateError("malformed agreeing attestation")
     for d in cert.dissenting:
-        if not isinstance(d, Dissent) or not all(
-            isinstance(x, str) for x in (d.executor_id, d.outcome, d.reason)
+        if type(d) is not Dissent or not all(
+            type(x) is str for x in (d.executor_id, d.outcome, d.reason)
         ):
             raise CertificateError("malformed dissent")
+        if d.outcome not in OUTCOMES:
+            raise CertificateError(f"unknown dissent outcome {d.outcome!r} (one of {OUTCOMES})")
         if d.attestation is not None and (
-            not isinstance(d.attestation, Attestation) or not d.attestation.well_formed()
+            type(d.attestation) is not Attestation or not d.attestation.well_formed()
         ):
             raise CertificateError("malformed dissent attestation")
     for entry in cert.executor_keys:
-        if (
-            not isinstance(entry, tuple)
-            or len(entry) != 2
-            or not isinstance(entry[0], str)
-            or type(entry[1]) is not bytes
-            or len(entry[1]) != 32
-        ):
-            raise CertificateError("malformed executor_keys entry")
+        if type(entry) is not tuple or len(entry) != 2 or type(entry[0]) is not str:
+            raise CertificateError("an executor_keys entry is (executor_id, 32-byte key)")
+        _sized(entry[1], 32, "an executor key")
     for s in cert.signatures:
-        if (
-            not isinstance(s, VerifierSignature)
-            or not isinstance(s.verifier_id, str)
-            or type(s.public_key) is not bytes
-            or type(s.signature) is not bytes
-        ):
+        if type(s) is not VerifierSignature or type(s.verifier_id) is not str:
             raise CertificateError("malformed verifier signature")
+        _sized(s.public_key, 32, "a verifier key")
+        _sized(s.signature, 64, "a verifier signature")
 
 
-def _known_keys(executor_keys: Any) -> set[bytes]:
-    if isinstance(executor_keys, Mapping):
-        return {bytes(k) for k in executor_keys.values()}
-    return {bytes(k) for k in executor_keys}
+def _key(k: Any, what: str) -> bytes:
+    if not isinstance(k, _BYTES_LIKE):
+        raise CertificateError(f"{what} must be raw public key bytes, not {type(k).__name__}")
+    return bytes(k)
+
+
+def _keys(keys: Any, what: str) -> set[bytes]:
+    """A set of raw keys from a mapping (its values) or an iterable of bytes."""
+    if isinstance(keys, (*_BYTES_LIKE, str)):
+        raise CertificateError(
+            f"{what} must be a collection of keys, not one {type(keys).__name__}"
+        )
+    values = keys.values() if isinstance(keys, Mapping) else keys
+    return {_key(k, what) for k in values}
 
 
 def _check(
     cert: Any,
-    verifier_keys: Iterable[bytes],
-    task_id: str | None,
+    verifier_keys: Any,
+    task_id: Any,
     value: Any,
     has_value: bool,
-    value_digest: bytes | None,
+    value_digest: Any,
     executor_keys: Any,
-    min_verifier_signatures: int,
+    min_verifier_signatures: Any,
 ) -> None:
     _shape(cert)
-    trusted = {bytes(k) for k in verifier_keys}
+    if type(min_verifier_signatures) is not int:
+        raise CertificateError("min_verifier_signatures must be an integer")
+    needed = max(1, min_verifier_signatures)
+    trusted = _keys(verifier_keys, "verifier_keys")
     body = cert.body()
     good = {
         s.public_key
         for s in cert.signatures
         if s.public_key in trusted and verify_signature(s.public_key, body, s.signature)
     }
-    if len(good) < max(1, min_verifier_signatures):
+    if len(good) < needed:
         raise CertificateError(
-            f"{len(good)} valid signatures by known verifier keys, "
-            f"{max(1, min_verifier_signatures)} needed (tampered, or signed by unknown keys?)"
+            f"{len(good)} valid signatures by distinct known verifier keys, {needed} needed "
+            "(tampered, or signed by unknown keys?)"
         )
-    if task_id is not None and cert.task_id != task_id:
+    if task_id is not None and (type(task_id) is not str or cert.task_id != task_id):
         raise CertificateError(f"certificate is for task {cert.task_id!r}, not {task_id!r}")
+
     registry: dict[str, bytes] = {}
     for eid, key in cert.executor_keys:
         if eid in registry:
             raise CertificateError(f"executor {eid} appears twice in the key registry")
         registry[eid] = key
     if executor_keys is not None:
-        allowed = _known_keys(executor_keys)
-        if any(k not in allowed for k in registry.values()):
-            raise CertificateError("the registry names a key that is not a known executor key")
+        if isinstance(executor_keys, Mapping):
+            for eid, key in registry.items():
+                got = executor_keys.get(eid)
+                if got is None or _key(got, "executor_keys") != key:
+                    raise CertificateError(f"executor {eid}'s registered key is not the known one")
+        else:
+            allowed = _keys(executor_keys, "executor_keys")
+            if any(k not in allowed for k in registry.values()):
+                raise CertificateError("the registry names a key that is not a known executor key")
+
     ids = [a.executor_id for a in cert.agreeing]
-    if len(set(ids)) != len(ids) or len({a.slot for a in cert.agreeing}) != len(ids):
-        raise CertificateError(f"duplicate agreeing executors or slots: {ids}")
+    if len(set(ids)) != len(ids):
+        raise CertificateError(f"an executor agrees twice: {ids}")
+    if len({a.slot for a in cert.agreeing}) != len(ids):
+        raise CertificateError("two agreeing attestations come from the same slot")
     if len({a.public_key for a in cert.agreeing}) != len(ids):
         raise CertificateError("two agreeing attestations share a key")
-    if len(ids) < cert.quorum or 2 * cert.quorum <= cert.compared or cert.compared < len(ids):
+    if cert.quorum < 1 or len(ids) < cert.quorum:
+        raise CertificateError(f"{len(ids)} agreeing, quorum {cert.quorum} needed")
+    if 2 * cert.quorum <= cert.compared or cert.compared < len(ids):
         raise CertificateError(
-            f"{len(ids)} agreeing for quorum {cert.quorum} of {cert.compared} compared: "
-            "not a strict-majority quorum"
+            f"quorum {cert.quorum} of {cert.compared} compared ({len(ids)} agreeing) is not a "
+            "strict majority"
         )
     if cert.representative not in ids:
         raise CertificateError(f"representative {cert.representative} is not among the agreeing")
+    exact = cert.tolerance == "exact"
     for a in cert.agreeing:
-        # Agreeing outputs agree within the tolerance, so only the representative's digest must
-        # be the certified one; every agreeing attestation is for this task and kind.
         if a.task_id != cert.task_id or a.kind != cert.kind:
-            raise CertificateError(f"attestation of {a.executor_id} is not for this task")
-        if a.executor_id == cert.representative and a.digest != cert.digest:
-            raise CertificateError("the representative's attested digest is not the certified one")
-        if registry.get(a.executor_id) != a.public_key or not a.verify():
+            raise CertificateError(f"attestation of {a.executor_id} is not for this task and kind")
+        # Under a tolerance, agreeing outputs may differ in their bits: only the representative's
+        # digest must be the certified one. Under "exact" (bitwise) all digests are equal.
+        if (exact or a.executor_id == cert.representative) and a.digest != cert.digest:
+            raise CertificateError(f"{a.executor_id}'s attested digest is not the certified one")
+        if registry.get(a.executor_id) != a.public_key:
+            raise CertificateError(f"attestation of {a.executor_id} is not by its registered key")
+        if not a.verify():
             raise CertificateError(f"attestation of {a.executor_id} is not validly signed")
+
     dissenters = [d.executor_id for d in cert.dissenting]
-    if set(dissenters) & set(ids) or len(set(dissenters)) != len(dissenters):
-        raise CertificateError("an executor is both agreeing and dissenting, or dissents twice")
+    if set(dissenters) & set(ids):
+        raise CertificateError("an executor is both agreeing and dissenting")
+    if len(set(dissenters)) != len(dissenters):
+        raise CertificateError("an executor dissents twice")
     for d in cert.dissenting:
-        if d.outcome not in OUTCOMES:
-            raise CertificateError(f"unknown dissent outcome {d.outcome!r}")
         a = d.attestation
         if a is None:
             continue
-        if a.executor_id != d.executor_id or a.task_id != cert.task_id:
+        if a.executor_id != d.executor_id:
             raise CertificateError(f"dissent of {d.executor_id} carries another's attestation")
-        if registry.get(a.executor_id) != a.public_key or not a.verify():
+        if a.task_id != cert.task_id:
+            raise CertificateError(f"dissent attestation of {d.executor_id} is for another task")
+        if registry.get(a.executor_id) != a.public_key:
+            raise CertificateError(f"dissent of {d.executor_id} is not by its registered key")
+        if not a.verify():
             raise CertificateError(f"dissent attestation of {d.executor_id} is not validly signed")
         if d.outcome == "disagreed" and a.digest == cert.digest and a.kind == cert.kind:
-            raise CertificateError(f"{d.executor_id} 'disagreed' with the very digest accepted")
-    named = set(ids) | set(dissenters)
-    if set(registry) != named:
+            raise CertificateError(f"{d.executor_id} 'disagreed' with the very answer accepted")
+    if set(registry) != set(ids) | set(dissenters):
         raise CertificateError("the key registry does not match the executors named")
-    if value_digest is not None and value_digest != cert.digest:
+
+    if value_digest is not None and (
+        not isinstance(value_digest, _BYTES_LIKE) or bytes(value_digest) != cert.digest
+    ):
         raise CertificateError("the given digest differs from the certified digest")
     if has_value:
         from bft_ray.compare.digest import digest as digest_of
@@ -500,7 +612,7 @@ def _check(
 
 def verify_certificate(
     cert: Any,
-    verifier_keys: Iterable[bytes],
+    verifier_keys: Iterable[bytes] | Mapping[str, bytes],
     *,
     task_id: str | None = None,
     value: Any = dataclasses.MISSING,
@@ -509,22 +621,49 @@ def verify_certificate(
     min_verifier_signatures: int = 1,
     raise_on_failure: bool = False,
 ) -> bool:
-    """Check a certificate offline. Never raises for a malformed certificate (returns ``False``).
+    """Check a certificate offline. Never raises for a malformed one (returns ``False``).
+
+    Checks, in order: every field has its exact type and size; at least
+    ``min_verifier_signatures`` valid signatures over :meth:`Certificate.body` from distinct
+    keys in ``verifier_keys`` (unknown keys are ignored, a key counts once); the task id; one
+    registry entry per executor named, and those keys known when ``executor_keys`` is given;
+    distinct agreeing executors, slots and keys, a strict-majority quorum
+    (``len(agreeing) >= quorum``, ``2 * quorum > compared >= len(agreeing)``) and a
+    representative among them; every agreeing attestation for this task and kind, by its
+    registered key, validly signed, and of the certified digest (the representative's always,
+    every one's under the ``"exact"`` tolerance); every dissent by an executor not agreeing,
+    its attestation (if any) its own, for this task, by its registered key, validly signed, and
+    for ``"disagreed"`` not of the accepted answer; finally ``value`` / ``value_digest``.
 
     Args:
-        cert: The certificate.
-        verifier_keys: Public keys of the verifiers you trust (``cluster.verifier_keys()``).
+        cert: The certificate (anything: a non-certificate is simply not valid).
+        verifier_keys: Public keys of the verifiers you trust (``cluster.verifier_keys()``), or
+            a mapping whose values are those keys.
         task_id: If given, the certificate must be for this task (no replay of another task's).
-        value: If given, the value must be the certified one (its digest is recomputed).
+        value: If given, the value must be the certified one (its digest is recomputed with
+            :func:`bft_ray.compare.digest.digest`; a value with no digest fails).
         value_digest: If given, must equal the certified digest.
-        executor_keys: If given (id -> key, or keys), every registered key must be among these.
+        executor_keys: If given, the registry must agree with it: with a mapping (id -> key,
+            e.g. ``cluster.executor_keys()``) each registered executor must map to its
+            registered key; with an iterable of keys each registered key must be among them.
         min_verifier_signatures: Distinct known verifier keys that must have signed (``2f + 1``
-            for a BFT group).
-        raise_on_failure: Raise :class:`CertificateError` with the reason instead of
-            returning ``False``.
+            for a BFT group); at least 1.
+        raise_on_failure: Raise :class:`~bft_ray.errors.CertificateError` with the reason
+            instead of returning ``False``.
 
     Returns:
-        ``True`` when every check passes.
+        ``True`` when every check passes, else ``False``.
+
+    Raises:
+        CertificateError: Only with ``raise_on_failure=True``, saying which check failed.
+
+    Example:
+        >>> verify_certificate(None, [])
+        False
+        >>> verify_certificate("junk", [], raise_on_failure=True)
+        Traceback (most recent call last):
+        ...
+        bft_ray.errors.CertificateError: not a Certificate: str
     """
     try:
         _check(

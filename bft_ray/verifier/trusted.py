@@ -525,10 +525,10 @@ class TrustedVerifier:
 
     def _lost(self, out: Outcome, task_id: str, instance: _Instance | None = None) -> None:
         """A replica produced no comparable answer: retire a crashed or stalled executor."""
-        if out.status is Status.TIMEOUT:
+        if out.status in (Status.TIMEOUT, Status.CRASHED):
+            # Killed either way: a stalled one holds its GPU, and "crashed" is only what the
+            # metadata of its object said, which an executor that is still alive can write.
             self.pool.retire(out.executor_id, out.reason, kill=True)
-        elif out.status is Status.CRASHED:
-            self.pool.retire(out.executor_id, out.reason)
         if instance is not None and out.executor_id in instance.holders:
             instance.holders.remove(out.executor_id)
 
