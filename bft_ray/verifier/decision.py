@@ -35,7 +35,10 @@ The rules (docs/architecture.md, "Verdict rules"):
 * **Flags**: an outcome is ``DISAGREED`` (flagged, with its signed attestation as evidence) only
   if it disagrees with the accepted value *and* agrees with fewer than ``q`` outcomes (itself
   included), counting replicas still running as possible agreers; reputation is applied from
-  :meth:`CallState.final_record`, once every replica has finished. Honest outputs that agree pairwise and number at least ``q`` therefore each agree
+  :meth:`CallState.final_record`, once every replica has finished.
+* **Credit**: an outcome is ``AGREED`` only if it agrees with the value *and* with at least ``q``
+  outcomes, so with fewer than ``q`` colluders it is within the tolerance of an honest output; a
+  colluder that agrees only with an accomplice chosen as the value is ``UNALIGNED``. Honest outputs that agree pairwise and number at least ``q`` therefore each agree
   with at least ``q`` outcomes and are never flagged, whatever the others return. An outcome
   that disagrees with the value but agrees with ``q`` or more is ``UNALIGNED``: not proven
   wrong, not credited.
@@ -94,8 +97,8 @@ class Step(enum.Enum):
 class Label(enum.Enum):
     """How one replica is judged in a verdict record."""
 
-    AGREED = "agreed"  # agrees with the accepted value
-    UNALIGNED = "unaligned"  # disagrees with the value, agrees with >= q outcomes: not flagged
+    AGREED = "agreed"  # agrees with the accepted value and with >= q outcomes: credited
+    UNALIGNED = "unaligned"  # not proven wrong, not credited
     DISAGREED = "disagreed"  # disagrees with the value and with all but < q outcomes: flagged
     DISPUTED = "disputed"  # no verdict was reached
     CRASHED = "crashed"
@@ -340,11 +343,17 @@ class CallState:
         return Decision(Step.FAIL, reason=reason, record=self._failed(needed), best=best)
 
     def _label(self, o: Outcome, rep: Outcome, outs: list[Outcome]) -> tuple[Label, str]:
-        if o.slot == rep.slot or self.agrees(o, rep):
-            return Label.AGREED, ""
+        q = int(self.policy.quorum or 1)
         degree = sum(1 for other in outs if other.slot == o.slot or self.agrees(o, other))
+        if o.slot == rep.slot or self.agrees(o, rep):
+            # Credit needs q agreeing outputs too: with fewer than q colluders that puts it
+            # within the tolerance of an honest output, so a colluder that only agrees with an
+            # accomplice chosen as the value is not credited.
+            if degree >= q:
+                return Label.AGREED, ""
+            return Label.UNALIGNED, f"agrees with the value but with only {degree} outputs"
         # Replicas still running may yet agree with it: flag only what they cannot change.
-        if degree + self.running >= int(self.policy.quorum or 1):
+        if degree + self.running >= q:
             return Label.UNALIGNED, f"agrees with {degree} outputs but not with the accepted value"
         return Label.DISAGREED, "disagrees with the accepted value"
 

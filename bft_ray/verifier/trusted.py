@@ -55,7 +55,7 @@ from bft_ray.executor.pool import ExecutorPool, PoolSetup, Slot
 from bft_ray.trust.reputation import QuarantinePolicy, Reputation
 from bft_ray.verifier.admission import Expected, NoAnswer, Outcome, Status, admit, failed
 from bft_ray.verifier.certificate import Certificate
-from bft_ray.verifier.decision import CallState, Decision, Label, Step, VerdictRecord
+from bft_ray.verifier.decision import CallState, Decision, Judgement, Label, Step, VerdictRecord
 from bft_ray.verifier.records import CallMeta, accepted_result, certificate_fields, user_exception
 
 __all__ = ["CallSpec", "TrustedVerifier", "admin_capability"]
@@ -219,6 +219,7 @@ class TrustedVerifier:
         holders: list[str] = []
         tried: set[str] = set()
         errors: dict[bytes, list[Outcome]] = {}
+        seen: list[Outcome] = []
         budget = policy.replicas * 2  # bound on constructor attempts, crashes included
         while len(holders) < policy.replicas and budget > 0:
             nodes = {self.pool.node_of(h) for h in holders}
@@ -243,6 +244,7 @@ class TrustedVerifier:
                 *(self._receive(p, spec, r, policy.timeout_s) for p, r in zip(picks, refs))
             )
             for out in outs:
+                seen.append(out)
                 if out.status is Status.OK:
                     holders.append(out.executor_id)
                 elif out.status is Status.ERROR:
@@ -250,9 +252,11 @@ class TrustedVerifier:
                     errors.setdefault(out.digest, []).append(out)
                     same = errors[out.digest]
                     if len(same) >= quorum:
+                        self._apply(_constructor_record(call.task_id, seen, errors=True), None)
                         raise user_exception(same[0].canonical, same[0].executor_id, same[0].note)
                 else:
                     self._lost(out, call.task_id)
+        self._apply(_constructor_record(call.task_id, seen, errors=False), None)
         if len(holders) < quorum:
             raise ExecutorUnavailableError(
                 f"could only place {len(holders)} of {policy.replicas} replicas of {call.name} "
@@ -756,6 +760,29 @@ class _Replication:
                 continue
             self.state.judge_late(out)
         self.v._apply(self.state.final_record(), self.instance)
+
+
+def _constructor_record(task_id: str, outs: list[Outcome], errors: bool) -> VerdictRecord:
+    """A verdict record for constructor answers, so they reach reputation like any call.
+
+    Every honest constructor answers the same (``None``, or the same exception record), so
+    once the outcome is known: with ``errors`` (a quorum agreed the constructor raised) the
+    error records agree and built replicas dissent; otherwise built replicas agree, and a
+    replica claiming the constructor raised disagrees with the quorum that built it.
+    """
+    agreeing = Status.ERROR if errors else Status.OK
+    judgements = []
+    for o in outs:
+        if o.status is agreeing:
+            judgements.append(Judgement(o.executor_id, o.slot, Label.AGREED, "", o.attestation))
+        elif o.comparable:
+            reason = "constructor answer differs from the quorum's"
+            judgements.append(
+                Judgement(o.executor_id, o.slot, Label.DISAGREED, reason, o.attestation)
+            )
+        else:
+            judgements.append(CallState._failure(o))
+    return VerdictRecord(task_id, None, (), 0, len(outs), tuple(judgements), b"")
 
 
 def _clusters_for_diff(state: CallState) -> list:

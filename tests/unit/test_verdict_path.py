@@ -297,3 +297,21 @@ def test_choose_clique_is_keyed():
     cliques = [frozenset({"a", "b"}), frozenset({"c", "d"})]
     got = {choose_clique(cliques, os.urandom(32))[0] for _ in range(40)}
     assert got == set(cliques)
+
+
+def test_a_sidekick_of_a_colluder_chosen_as_the_value_is_never_credited():
+    """y agrees only with colluder x; when x's output is chosen as the value, y still agrees
+    with fewer than q outputs, so it is not credited (nor is any honest output flagged)."""
+    t = 1e-3
+    values = {0: 1.0, 1: 1.0 + 0.5 * t, 2: 1.0 + 0.9 * t, 3: 1.0 + 1.2 * t, 4: 1.0 + 2.05 * t}
+    p = Policy(replicas=5, quorum=3, tolerance=TOL)
+    x_chosen = 0
+    for trial in range(40):
+        order = random.Random(trial).sample(range(5), 5)
+        state, d = _run(values, p, order=order, tiebreak=bytes([trial]) * 32)
+        assert d.step is Step.ACCEPT
+        x_chosen += d.record.accepted.executor_id == "ex3"
+        labels = {j.executor_id: j.label for j in state.final_record().judgements}
+        assert labels["ex4"] is not Label.AGREED, labels
+        assert all(labels[f"ex{i}"] is not Label.DISAGREED for i in range(3)), labels
+    assert x_chosen  # the case that needs the rule did occur
