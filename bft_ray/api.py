@@ -464,16 +464,38 @@ def get(refs: Any, *, timeout: float | None = None) -> Any:
 
 
 def wait(
-    refs: Sequence[VerifiedRef], *, num_returns: int = 1, timeout: float | None = None
-) -> tuple[list[VerifiedRef], list[VerifiedRef]]:
-    """Like ``ray.wait``: split ``refs`` into ready and pending, preserving order."""
-    refs = list(refs)
-    by_ref = {r.ref: r for r in refs}
-    if len(by_ref) != len(refs):
-        raise ValueError("wait() got the same VerifiedRef twice")
-    ready, _ = ray.wait([r.ref for r in refs], num_returns=num_returns, timeout=timeout)
+    refs: Any,
+    *,
+    num_returns: int = 1,
+    timeout: float | None = None,
+    fetch_local: bool = True,
+) -> tuple[list[Any], list[Any]]:
+    """Like ``ray.wait``: split ``refs`` into ready and pending, preserving order.
+
+    Args:
+        refs: A list of :class:`VerifiedRef` (plain ObjectRefs may be mixed in), or a single one.
+        num_returns: How many ready refs to wait for.
+        timeout: Seconds to wait at most; ``None`` waits for ``num_returns``.
+        fetch_local: As in ``ray.wait``: also wait until the values are local.
+
+    Returns:
+        ``(ready, pending)``, each a list of the refs given, in their order.
+
+    Example:
+        >>> ready, pending = bft_ray.wait(refs, num_returns=2, timeout=10)  # doctest: +SKIP
+    """
+    items = [refs] if isinstance(refs, VerifiedRef | ObjectRef) else list(refs)
+    object_refs, _ = _refs_of(items)
+    if len(set(object_refs)) != len(object_refs):
+        raise ValueError("wait() got the same ref twice")
+    ready, _ = ray.wait(
+        object_refs, num_returns=num_returns, timeout=timeout, fetch_local=fetch_local
+    )
     ready_set = set(ready)
-    return [r for r in refs if r.ref in ready_set], [r for r in refs if r.ref not in ready_set]
+    return (
+        [r for r, o in zip(items, object_refs) if o in ready_set],
+        [r for r, o in zip(items, object_refs) if o not in ready_set],
+    )
 
 
 def certificate(ref: VerifiedRef, *, timeout: float | None = None) -> Certificate:

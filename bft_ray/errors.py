@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray.exceptions import RayError
+from ray.exceptions import GetTimeoutError, RayError
 
 __all__ = [
     "BftRayError",
@@ -77,8 +77,12 @@ class ExecutorUnavailableError(VerificationError):
     """Not enough live executors to run the required replicas."""
 
 
-class VerificationTimeoutError(VerificationError, TimeoutError):
-    """The verdict was not reached within the allowed time."""
+class VerificationTimeoutError(VerificationError, GetTimeoutError):
+    """The verdict was not reached within the allowed time.
+
+    Also a ``ray.exceptions.GetTimeoutError`` (and a ``TimeoutError``), so code that handles
+    ``ray.get`` timeouts handles this one too.
+    """
 
 
 class CertificateError(BftRayError):

@@ -112,6 +112,27 @@ def test_wait_splits_ready_and_pending(cluster):
     assert len(ready) >= 1 and len(ready) + len(pending) == 4
 
 
+def test_wait_mirrors_ray_wait(cluster):
+    ref = matmul.remote(np.eye(2), np.eye(2))
+    ready, pending = bft_ray.wait(ref, timeout=60)  # a single ref
+    assert ready == [ref] and pending == []
+    plain = ray.put(1)
+    ready, pending = bft_ray.wait([plain, ref], num_returns=2, timeout=60, fetch_local=False)
+    assert ready == [plain, ref] and pending == []
+    with pytest.raises(ValueError, match="same ref twice"):
+        bft_ray.wait([ref, ref])
+    with pytest.raises(ray.exceptions.GetTimeoutError):  # a bft-ray timeout is a Ray timeout
+        bft_ray.get(slow_one.remote(), timeout=0.05)
+
+
+@bft_ray.verified_remote(replicas=2)
+def slow_one():
+    import time
+
+    time.sleep(2)
+    return 1
+
+
 def test_verified_ref_is_awaitable_inside_an_async_actor(cluster):
     @ray.remote
     class Consumer:

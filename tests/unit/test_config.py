@@ -113,6 +113,9 @@ def test_errors_are_ray_errors_and_pickle():
     )
     assert issubclass(bft_ray.ConfigError, ValueError)
     assert issubclass(bft_ray.VerificationTimeoutError, TimeoutError)
+    from ray.exceptions import GetTimeoutError
+
+    assert issubclass(bft_ray.VerificationTimeoutError, GetTimeoutError)
 
 
 def test_decorator_forms():
