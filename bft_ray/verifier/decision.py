@@ -251,7 +251,7 @@ class CallState:
         self.slots_used: set[str] = set()
         self.replacements_left = policy.replicas
         self._unreplaced = 0
-        self._agree: dict[tuple[str, str], bool] = {}
+        self._agree: dict[tuple[bytes, bytes], bool] = {}
         self.record: VerdictRecord | None = None
 
     # -- inputs --------------------------------------------------------------------------
@@ -283,11 +283,7 @@ class CallState:
         if a.digest == b.digest:
             return True
         assert a.digest is not None and b.digest is not None
-        pair = (
-            (a.digest.hex(), b.digest.hex())
-            if a.digest < b.digest
-            else (b.digest.hex(), a.digest.hex())
-        )
+        pair = (a.digest, b.digest) if a.digest < b.digest else (b.digest, a.digest)
         if pair not in self._agree:
             self._agree[pair] = compare(
                 a.canonical, b.canonical, self.policy.tolerance, detail=False

@@ -737,15 +737,15 @@ class _Replication:
         )
 
     def _issuer(self, record: VerdictRecord) -> Callable[[], Certificate]:
-        # Signing is deferred to the first bft_ray.certificate() call: most callers never ask,
-        # and the verdict's latency should not pay for an Ed25519 signature.
+        # Building and signing are deferred to the first bft_ray.certificate() call: most
+        # callers never ask, and the verdict's latency should not pay for either. The key
+        # registry only grows (an id keeps its key), so reading it later gives the same body.
         meta = self.call.meta or _default_meta(self.call)
-        fields = certificate_fields(
-            record, meta, self.policy.tolerance.describe(), dict(self.pool.keys)
-        )
+        tolerance, keys = self.policy.tolerance, self.pool.keys
         key, verifier_id = self.v._key, self.v.verifier_id
 
         def issue() -> Certificate:
+            fields = certificate_fields(record, meta, tolerance.describe(), keys)
             return Certificate.issue(key, verifier_id, **fields)
 
         return issue
