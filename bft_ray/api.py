@@ -1,4 +1,4 @@
-"""Public API: ``init``, ``@verified_remote``, ``VerifiedRef``, ``get``/``wait``/``certificate``.
+"""Public API: ``init``, ``@verified_remote``, ``get``/``wait``/``certificate``/``task_id``.
 
 Example:
     .. code-block:: python
@@ -12,8 +12,8 @@ Example:
         def step(x):
             return x @ x.T
 
-        ref = step.remote(x)                  # VerifiedRef; ref.ref is a plain ObjectRef
-        value = bft_ray.get(ref, timeout=60)  # the value a quorum agreed on
+        ref = step.remote(x)                  # a plain ray.ObjectRef of the verified value
+        value = bft_ray.get(ref, timeout=60)  # or ray.get(ref): the value a quorum agreed on
         cert = bft_ray.certificate(ref)
         assert bft_ray.verify_certificate(cert, cluster.verifier_keys(), value=value)
         print(cluster.report())
@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import inspect
 import itertools
@@ -40,7 +41,7 @@ from bft_ray import faults as fault_lib
 from bft_ray.compare.digest import digest_wire
 from bft_ray.compare.wire import UnsupportedTypeError, encode
 from bft_ray.config import ClusterSpec, Policy, Tolerance, validated
-from bft_ray.errors import BftRayError, ConfigError, VerificationTimeoutError
+from bft_ray.errors import BftRayError, CapabilityError, ConfigError, VerificationTimeoutError
 from bft_ray.executor import guard
 from bft_ray.executor.actor import inside_executor
 from bft_ray.executor.pool import create_pool, local_gpu_count
@@ -55,13 +56,13 @@ __all__ = [
     "VerifiedActorHandle",
     "VerifiedClass",
     "VerifiedFunction",
-    "VerifiedRef",
     "certificate",
     "current_cluster",
     "device",
     "get",
     "init",
     "shutdown",
+    "task_id",
     "verified_remote",
     "wait",
 ]
@@ -74,7 +75,11 @@ _POLICY_KEYS = ("replicas", "quorum", "tolerance", "max_replicas", "timeout_s")
 # Ray options and what bft-ray does with them.
 _RESOURCE_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "accelerator_type"}
 _CALL_OPTIONS = {"name", "enable_task_events"}
+_RETURN_OPTIONS = {"num_returns"}  # applies to the verifier's task, whose refs the caller gets
 _RETRY_OPTIONS = {"max_retries", "retry_exceptions", "max_restarts", "max_task_retries"}
+# Where the verifier actor is registered, so other processes of the cluster can attach to it.
+NAMESPACE = "bft_ray"
+_DEFAULT_EXECUTORS = 4
 # Arrays larger than this are put in the object store once instead of being copied into the
 # verifier's call and again into every replica's call (the verifier then only relays a ref).
 # Below it, inlining is cheaper than a put plus a fetch on every executor (measured: a 64 KiB
@@ -94,18 +99,55 @@ class BftCluster:
     Returned by :func:`init`. Use :meth:`report` to see what every executor did,
     :meth:`verifier_keys` to check certificates offline, and :meth:`shutdown` when done (or use
     the cluster as a context manager).
+
+    The process that created the cluster holds the *owner* handle: only it can steer executors
+    (:meth:`inject_fault`, :meth:`executor_handles`). Other processes of the Ray cluster (a
+    plain Ray task or actor, a second driver, a notebook) *attach* to it by name and can submit
+    verified calls, read reports and certificates.
     """
 
-    def __init__(self, spec: ClusterSpec, verifier: Any, started_ray: bool, setup: Any) -> None:
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        verifier: Any,
+        started_ray: bool,
+        setup: Any = None,
+        *,
+        name: str = "default",
+        verifier_keys: list[bytes] | None = None,
+    ) -> None:
         self.spec = spec
+        self.name = name
         self._verifier = verifier
         self._started_ray = started_ray
         self._setup = setup
-        self._verifier_key: bytes = ray.get(verifier.public_key.remote())
-        # The driver's capability: only this handle may steer the verifier and executors.
-        self._admin = admin_capability(setup.master)
+        self._verifier_keys: list[bytes] = verifier_keys or [ray.get(verifier.public_key.remote())]
+        # The owner's capability: only the creating process may steer the verifier and executors.
+        self._admin = admin_capability(setup.master) if setup is not None else None
         self._put_cache: dict[int, tuple[Any, ObjectRef, FunctionId]] = {}
+        # Ray task id (hex) of each submission -> its bft-ray task id, for task_id()/certificate().
+        self._task_ids: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._keep = 100_000
         self.closed = False
+
+    @property
+    def owner(self) -> bool:
+        """Whether this process created the cluster (and may steer its executors)."""
+        return self._admin is not None
+
+    def _need_owner(self, what: str) -> bytes:
+        if self._admin is None:
+            raise CapabilityError(
+                f"{what} steers executors and is only available in the process that called "
+                f"bft_ray.init(executors=...) for cluster {self.name!r}; this process attached "
+                "to it and can submit verified calls, read reports and certificates."
+            )
+        return self._admin
+
+    def _remember(self, ray_task: str, task_id: str) -> None:
+        self._task_ids[ray_task] = task_id
+        if len(self._task_ids) > self._keep:
+            self._task_ids.popitem(last=False)
 
     @property
     def executors(self) -> int:
@@ -113,7 +155,7 @@ class BftCluster:
 
     def verifier_keys(self) -> list[bytes]:
         """Public keys whose signatures make a certificate valid."""
-        return [self._verifier_key]
+        return list(self._verifier_keys)
 
     def executor_keys(self) -> dict[str, bytes]:
         """Executor id -> Ed25519 public key, for every incarnation so far."""
@@ -141,7 +183,8 @@ class BftCluster:
         if not 0 <= index < self.spec.executors:
             raise ConfigError(f"no executor slot {index}; slots are 0..{self.spec.executors - 1}")
         fault_lib.resolve(fault)
-        return ray.get(self._verifier.inject_fault.remote(self._admin, index, fault))
+        admin = self._need_owner("inject_fault")
+        return ray.get(self._verifier.inject_fault.remote(admin, index, fault))
 
     def executor_handles(self, include_quarantined: bool = False) -> list[dict[str, Any]]:
         """Executors in service with their actor handles, for layers that place unreplicated work.
@@ -155,7 +198,45 @@ class BftCluster:
         come back as signed answer envelopes: read them with
         :func:`bft_ray.verifier.admission.admit`.
         """
-        return ray.get(self._verifier.executor_handles.remote(self._admin, include_quarantined))
+        admin = self._need_owner("executor_handles")
+        return ray.get(self._verifier.executor_handles.remote(admin, include_quarantined))
+
+    def scale(
+        self, executors: int, *, faults: dict[int, Any] | None = None, timeout_s: float = 300.0
+    ) -> BftCluster:
+        """Add executors to or remove executors from the running cluster.
+
+        New executors get the next slot numbers, in a new placement group, and are used by
+        calls submitted from then on; on an autoscaling cluster this waits (up to
+        ``timeout_s``) for the nodes to arrive. Removed executors (newest slots first) get no
+        new work, are killed once their outstanding replicas answered, and are never
+        respawned; replicated instances they held are repaired on the others.
+
+        Args:
+            executors: Executors in service afterwards.
+            faults: Fault injection for new slots, slot index -> behaviour (chaos tests).
+            timeout_s: How long to wait for the new executors' resources.
+
+        Example:
+            >>> cluster.scale(executors=8)  # doctest: +SKIP
+            BftCluster('default', executors=8, ...)
+        """
+        admin = self._need_owner("scale")
+        if not isinstance(executors, int) or executors < 1:
+            raise ConfigError(f"executors={executors!r}: the pool needs at least one executor")
+        faults = dict(faults or {})
+        for index, fault in faults.items():
+            if index < self.spec.executors:
+                raise ConfigError(
+                    f"faults[{index}]: slot {index} already exists; use inject_fault for it"
+                )
+            fault_lib.resolve(fault)
+        result = ray.get(self._verifier.scale.remote(admin, executors, faults, timeout_s))
+        for actor_id in result["executor_actor_ids"]:
+            guard.guard_actor(bytes.fromhex(actor_id))
+        self.spec = self.spec.model_copy(update={"executors": result["executors"]})
+        logger.info("bft-ray pool now has %d executors", result["executors"])
+        return self
 
     def flags(self, executor_id: str) -> list:
         """Flags raised against an executor, each with its signed evidence."""
@@ -171,11 +252,20 @@ class BftCluster:
         return hit[1], hit[2]
 
     def shutdown(self) -> None:
-        """Stop the verifier and executors (and Ray, if :func:`init` started it)."""
+        """Stop the verifier and executors (and Ray, if :func:`init` started it).
+
+        In a process that attached to the cluster this only detaches: the cluster keeps running
+        for its owner.
+        """
         global _cluster
         if self.closed:
             return
         self.closed = True
+        if not self.owner:
+            with _lock:
+                if _cluster is self:
+                    _cluster = None
+            return
         try:
             ray.get(self._verifier.shutdown.remote(self._admin), timeout=30)
         except Exception as exc:
@@ -197,15 +287,21 @@ class BftCluster:
         self.shutdown()
 
     def __repr__(self) -> str:
-        return f"BftCluster(executors={self.spec.executors}, verifiers={self.spec.verifiers}, closed={self.closed})"
+        role = "owner" if self.owner else "attached"
+        return (
+            f"BftCluster({self.name!r}, executors={self.spec.executors}, "
+            f"verifiers={self.spec.verifiers}, {role}, closed={self.closed})"
+        )
 
 
 def init(
-    executors: int = 4,
+    executors: int | None = None,
     verifiers: int = 1,
     faults: dict[int, Any] | None = None,
     address: str | None = None,
     *,
+    name: str = "default",
+    ready_timeout_s: float = 300.0,
     gpus_per_executor: float = 1.0,
     cpus_per_executor: float = 1.0,
     executor_options: dict[str, Any] | None = None,
@@ -219,14 +315,25 @@ def init(
     quarantine_min_tasks: int = 4,
     **ray_init_kwargs: Any,
 ) -> BftCluster:
-    """Start or join Ray, place the executors and start the verifier.
+    """Start or join Ray, then create a bft-ray cluster or attach to the one running.
+
+    If a bft-ray cluster named ``name`` already runs in the Ray cluster (started by another
+    driver, or by this job's driver when called from a Ray task or actor), this attaches to it:
+    verified calls, reports and certificates work, steering executors does not. Otherwise it
+    places the executors and starts the verifier, registered as ``name`` in the ``bft_ray``
+    namespace.
 
     Args:
-        executors: Number of untrusted executor actors.
+        executors: Number of untrusted executor actors (default 4 for a new cluster; when
+            attaching, leave it unset or give the running cluster's size).
         verifiers: ``1`` for the trusted-verifier mode (the only mode in this version).
         faults: Fault injection, executor index -> behaviour (see :mod:`bft_ray.faults`).
         address: Ray address to join. ``None`` joins ``RAY_ADDRESS`` if set (as under
             ``ray job submit``) or an already initialised Ray, else starts a local Ray.
+        name: Name of the bft-ray cluster in the Ray cluster (several can coexist).
+        ready_timeout_s: On a joined cluster, how long to wait for the executors' resources
+            (an autoscaler may still be adding the GPU nodes), with a progress line every 10 s.
+            A local Ray started here cannot grow, so a shortfall fails at once.
         gpus_per_executor: GPUs per executor (``0`` for CPU-only executors).
         cpus_per_executor: CPUs per executor.
         executor_options: Extra Ray actor options for executors, e.g. ``runtime_env``.
@@ -251,9 +358,15 @@ def init(
             cluster that cannot hold the executors, ...), before anything is started.
     """
     global _cluster
+    with _lock:
+        if _cluster is not None and not _cluster.closed:
+            raise ConfigError(
+                "bft_ray.init() was already called in this process; call bft_ray.shutdown() "
+                "(or cluster.shutdown()) before initialising again."
+            )
     spec = validated(
         ClusterSpec,
-        executors=executors,
+        executors=_DEFAULT_EXECUTORS if executors is None else executors,
         verifiers=verifiers,
         gpus_per_executor=gpus_per_executor,
         cpus_per_executor=cpus_per_executor,
@@ -278,12 +391,6 @@ def init(
             ray.remote(**spec.executor_options)(TrustedVerifier)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"invalid executor_options: {exc}") from None
-    with _lock:
-        if _cluster is not None and not _cluster.closed:
-            raise ConfigError(
-                "bft_ray.init() was already called in this process; call bft_ray.shutdown() "
-                "(or cluster.shutdown()) before initialising again."
-            )
 
     # Nothing an executor produces is ever unpickled in this process either.
     guard.install()
@@ -307,14 +414,44 @@ def init(
             )
             ray_init_kwargs.setdefault("include_dashboard", False)
             ray.init(
+                address="local",  # a new local Ray, never one found on the machine
                 num_cpus=cpus,
                 num_gpus=num_gpus,
                 object_store_memory=object_store_memory or 1 << 30,
                 **ray_init_kwargs,
             )
         started = True
+    if inside_executor():
+        raise ConfigError(
+            "bft_ray.init() was called from inside a verified function; executors are "
+            "untrusted and cannot host or steer a bft-ray cluster."
+        )
+    attached = _attach(name)
+    if attached is not None:
+        if executors is not None and executors != attached.spec.executors:
+            raise ConfigError(
+                f"a bft-ray cluster named {name!r} already runs with "
+                f"{attached.spec.executors} executors; attach without executors=, or start "
+                "another one with bft_ray.init(name=...)."
+            )
+        if faults:
+            raise ConfigError(
+                f"a bft-ray cluster named {name!r} already runs; faults are set by its owner "
+                "(cluster.inject_fault). Attach without faults=, or use another name=."
+            )
+        with _lock:
+            _cluster = attached
+        logger.info("attached to bft-ray cluster %r (%d executors)", name, attached.executors)
+        return attached
     try:
-        setup = create_pool(spec, seed=seed, max_respawns=max_respawns, master=os.urandom(32))
+        setup = create_pool(
+            spec,
+            seed=seed,
+            max_respawns=max_respawns,
+            master=os.urandom(32),
+            placement_timeout_s=60.0 if started else ready_timeout_s,
+            wait_for_resources=not started,
+        )
     except BaseException:
         if started:
             ray.shutdown()  # leave nothing running behind a failed init
@@ -327,7 +464,12 @@ def init(
     verifier = (
         ray.remote(TrustedVerifier)
         .options(
-            num_cpus=0, max_restarts=0, max_concurrency=10_000, scheduling_strategy=on_driver_node
+            num_cpus=0,
+            max_restarts=0,
+            max_concurrency=10_000,
+            scheduling_strategy=on_driver_node,
+            name=_actor_name(name),
+            namespace=NAMESPACE,
         )
         .remote(
             setup,
@@ -337,17 +479,49 @@ def init(
                 keep=spec.executors // 2 + 1,
             ),
             keep_certificates=keep_certificates,
+            spec=spec,
         )
     )
-    cluster = BftCluster(spec, verifier, started, setup)
+    cluster = BftCluster(spec, verifier, started, setup, name=name)
+    cluster._keep = max(keep_certificates, 1)
     with _lock:
         _cluster = cluster
     logger.info("bft-ray ready: %d executors, trusted verifier", spec.executors)
     return cluster
 
 
+def _actor_name(name: str) -> str:
+    return f"verifier:{name}"
+
+
+def _attach(name: str) -> BftCluster | None:
+    """An attached handle to the running bft-ray cluster ``name``, or ``None`` if none runs."""
+    try:
+        verifier = ray.get_actor(_actor_name(name), namespace=NAMESPACE)
+    except ValueError:
+        return None
+    info = ray.get(verifier.describe.remote(), timeout=120)
+    guard.install()
+    for actor_id in info["executor_actor_ids"]:
+        guard.guard_actor(bytes.fromhex(actor_id))
+    return BftCluster(
+        info["spec"], verifier, False, None, name=name, verifier_keys=info["verifier_keys"]
+    )
+
+
 def current_cluster() -> BftCluster:
-    """The cluster started by :func:`init` in this process."""
+    """The cluster of this process: the one :func:`init` returned, or the one running.
+
+    In a process that never called :func:`init` but is connected to Ray (a plain Ray task or
+    actor, a Serve replica), this attaches to the cluster named ``default``.
+    """
+    global _cluster
+    if (_cluster is None or _cluster.closed) and ray.is_initialized() and not inside_executor():
+        attached = _attach("default")
+        if attached is not None:
+            with _lock:
+                if _cluster is None or _cluster.closed:
+                    _cluster = attached
     if _cluster is None or _cluster.closed:
         raise ConfigError(
             "bft-ray is not initialised: call bft_ray.init(executors=...) before submitting "
@@ -374,40 +548,13 @@ def device() -> Any:
 
 
 # -- references ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class VerifiedRef:
-    """The future result of a verified call.
-
-    Attributes:
-        ref: A plain ``ObjectRef`` of the accepted value. It resolves only after the verdict,
-            so anything that consumes it (``ray.get``, another task) only sees verified data;
-            on failure it raises the verification error.
-        task_id: The call's task id (appears in certificates, flags and errors).
-        name: Function or method name.
-        verifier: Handle of the verifier that decides the call (serves its certificate).
-
-    A ``VerifiedRef`` is awaitable: ``value = await ref`` inside async code.
-    """
-
-    ref: ObjectRef
-    task_id: str
-    name: str
-    verifier: Any = dataclasses.field(default=None, repr=False)
-
-    def __await__(self):
-        return _await_value(self.ref).__await__()
-
-    def __repr__(self) -> str:
-        return f"VerifiedRef({self.name}, task_id={self.task_id!r})"
-
-
-async def _await_value(ref: ObjectRef) -> Any:
-    try:
-        return await ref
-    except ray.exceptions.RayTaskError as exc:
-        raise _unwrap(exc) from None
+#
+# ``.remote()`` returns plain ``ray.ObjectRef``s: the refs of the verifier's task that decides
+# the call. They resolve only after the verdict, to the value decoded from the certified bytes,
+# so ``ray.get``, ``ray.wait``, ``await`` and plain Ray tasks all consume verified data with no
+# bft-ray wrapper in the way. A ref names its call through its Ray task id, which the verifier
+# maps to the bft-ray task id; that is how ``certificate(ref)`` and ``task_id(ref)`` find it,
+# from any process of the cluster.
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -419,48 +566,70 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 def _refs_of(refs: Any) -> tuple[list[ObjectRef], bool]:
-    single = not isinstance(refs, list | tuple)
-    items = [refs] if single else list(refs)
-    out = []
+    single = isinstance(refs, ObjectRef)
+    items = [refs] if single else list(refs) if isinstance(refs, list | tuple) else [refs]
     for r in items:
-        if isinstance(r, VerifiedRef):
-            out.append(r.ref)
-        elif isinstance(r, ObjectRef):
-            out.append(r)
-        else:
-            raise TypeError(f"expected VerifiedRef or ObjectRef, got {type(r).__qualname__}")
-    return out, single
+        if not isinstance(r, ObjectRef):
+            raise TypeError(
+                f"expected an ObjectRef (what .remote() returns) or a list of them, got "
+                f"{type(r).__qualname__}"
+            )
+    return items, single
 
 
 @overload
-def get(refs: VerifiedRef, *, timeout: float | None = None) -> Any: ...
+def get(refs: ObjectRef, *, timeout: float | None = None) -> Any: ...
 @overload
-def get(refs: Sequence[VerifiedRef], *, timeout: float | None = None) -> list[Any]: ...
+def get(refs: Sequence[ObjectRef], *, timeout: float | None = None) -> list[Any]: ...
 
 
 def get(refs: Any, *, timeout: float | None = None) -> Any:
-    """Block until verified values are ready and return them.
+    """Like ``ray.get``, with bft-ray errors raised as themselves.
+
+    ``ray.get`` works on verified refs too; this raises ``NoQuorumError`` and friends
+    unwrapped, and on a timeout says where each pending call stands (waiting for its
+    arguments, queued on an executor, running).
 
     Args:
-        refs: A :class:`VerifiedRef` or a list of them (plain ObjectRefs pass through).
+        refs: A ref returned by a verified call, or a list of them (any ObjectRef works).
         timeout: Seconds to wait; ``None`` waits forever.
 
     Raises:
         NoQuorumError: Replicas disagreed beyond the tolerance and escalation did not help.
         ExecutorUnavailableError: Too few live executors.
-        VerificationTimeoutError: ``timeout`` passed first.
+        VerificationTimeoutError: ``timeout`` passed first (also a Ray ``GetTimeoutError``).
+
+    Example:
+        >>> value = bft_ray.get(square.remote(3), timeout=60)  # doctest: +SKIP
     """
     object_refs, single = _refs_of(refs)
     try:
         values = ray.get(object_refs, timeout=timeout)
     except ray.exceptions.GetTimeoutError:
         raise VerificationTimeoutError(
-            f"verified result not ready within {timeout}s; raise the timeout or check "
-            "cluster.report() for stalled executors."
+            f"verified result not ready within {timeout}s. {_pending_phases(object_refs)}"
+            "Raise the timeout, or check cluster.report() for stalled executors."
         ) from None
     except ray.exceptions.RayTaskError as exc:
         raise _unwrap(exc) from None
     return values[0] if single else values
+
+
+def _pending_phases(refs: list[ObjectRef], limit: int = 3) -> str:
+    """A sentence on where the first pending calls stand (best effort, never raises)."""
+    try:
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        cluster = _cluster if _cluster is not None and not _cluster.closed else None
+        if not pending or cluster is None:
+            return ""
+        tasks = list(dict.fromkeys(r.task_id().hex() for r in pending))
+        phases = ray.get(cluster._verifier.phases.remote(tasks[:limit]), timeout=10)
+        ids = ray.get(cluster._verifier.task_ids.remote(tasks[:limit]), timeout=10)
+        lines = "; ".join(f"{tid or '?'}: {ph}" for tid, ph in zip(ids, phases))
+        more = f" (and {len(tasks) - limit} more)" if len(tasks) > limit else ""
+        return f"{len(tasks)} call(s) pending{more}: {lines}. "
+    except Exception:
+        return ""
 
 
 def wait(
@@ -470,10 +639,10 @@ def wait(
     timeout: float | None = None,
     fetch_local: bool = True,
 ) -> tuple[list[Any], list[Any]]:
-    """Like ``ray.wait``: split ``refs`` into ready and pending, preserving order.
+    """Like ``ray.wait`` (which also works on verified refs): split refs into ready and pending.
 
     Args:
-        refs: A list of :class:`VerifiedRef` (plain ObjectRefs may be mixed in), or a single one.
+        refs: A list of refs from verified calls (plain ObjectRefs may be mixed in), or one.
         num_returns: How many ready refs to wait for.
         timeout: Seconds to wait at most; ``None`` waits for ``num_returns``.
         fetch_local: As in ``ray.wait``: also wait until the values are local.
@@ -484,34 +653,54 @@ def wait(
     Example:
         >>> ready, pending = bft_ray.wait(refs, num_returns=2, timeout=10)  # doctest: +SKIP
     """
-    items = [refs] if isinstance(refs, VerifiedRef | ObjectRef) else list(refs)
-    object_refs, _ = _refs_of(items)
-    if len(set(object_refs)) != len(object_refs):
+    items, _ = _refs_of(refs)
+    if len(set(items)) != len(items):
         raise ValueError("wait() got the same ref twice")
-    ready, _ = ray.wait(
-        object_refs, num_returns=num_returns, timeout=timeout, fetch_local=fetch_local
-    )
+    ready, _ = ray.wait(items, num_returns=num_returns, timeout=timeout, fetch_local=fetch_local)
     ready_set = set(ready)
-    return (
-        [r for r, o in zip(items, object_refs) if o in ready_set],
-        [r for r, o in zip(items, object_refs) if o not in ready_set],
-    )
+    return [r for r in items if r in ready_set], [r for r in items if r not in ready_set]
 
 
-def certificate(ref: VerifiedRef, *, timeout: float | None = None) -> Certificate:
+def task_id(ref: ObjectRef) -> str:
+    """The bft-ray task id of the verified call that returned ``ref``.
+
+    It names the call in certificates, flags, errors and reports. Known at once in the process
+    that submitted the call; elsewhere it is asked from the verifier.
+
+    Example:
+        >>> tid = bft_ray.task_id(ref)  # doctest: +SKIP
+        >>> bft_ray.verify_certificate(cert, keys, task_id=tid)  # doctest: +SKIP
+        True
+    """
+    (ref,), _ = _refs_of(ref)
+    cluster = current_cluster()
+    ray_task = ref.task_id().hex()
+    known = cluster._task_ids.get(ray_task)
+    if known is None:
+        known = ray.get(cluster._verifier.task_ids.remote([ray_task]))[0]
+    if known is None:
+        raise ValueError(f"{ref} is not the result of a verified call known to this cluster")
+    return known
+
+
+def certificate(ref: ObjectRef, *, timeout: float | None = None) -> Certificate:
     """The :class:`Certificate` of a verified call (blocks until the verdict).
 
     Raises:
         The call's verification error, if it failed.
     """
-    verifier = ref.verifier if ref.verifier is not None else current_cluster()._verifier
+    (ref,), _ = _refs_of(ref)
+    cluster = current_cluster()
     # The verdict is stored before the value is returned: wait for the value, then ask.
-    ready, _ = ray.wait([ref.ref], timeout=timeout, fetch_local=False)
+    ready, _ = ray.wait([ref], timeout=timeout, fetch_local=False)
     if not ready:
         raise VerificationTimeoutError(f"certificate not ready within {timeout}s")
-    status, payload = ray.get(verifier.certificate.remote(ref.task_id))
+    ray_task = ref.task_id().hex()
+    status, payload = ray.get(
+        cluster._verifier.certificate.remote(cluster._task_ids.get(ray_task), ray_task)
+    )
     if status == "error":
-        raise payload
+        raise _unwrap(payload)
     return payload
 
 
@@ -543,7 +732,13 @@ def _check_ray_options(target: Any, ray_options: dict[str, Any]) -> dict[str, An
             f"{retry}: bft-ray runs replicas with Ray retries off so that faults are never "
             "hidden, and re-executes on its own (see replicas, max_replicas, timeout_s). Remove them."
         )
-    unsupported = sorted(set(ray_options) - _RESOURCE_OPTIONS - _CALL_OPTIONS)
+    num_returns = ray_options.get("num_returns", 1)
+    if not isinstance(num_returns, int) or isinstance(num_returns, bool) or num_returns < 1:
+        raise ConfigError(
+            f"num_returns={num_returns!r}: verified calls return a fixed number of refs (an int "
+            ">= 1); streaming ('streaming', 'dynamic') is not verified. Return a list instead."
+        )
+    unsupported = sorted(set(ray_options) - _RESOURCE_OPTIONS - _CALL_OPTIONS - _RETURN_OPTIONS)
     if unsupported:
         raise ConfigError(
             f"{unsupported} cannot apply per call: verified calls run on long-lived executor "
@@ -589,8 +784,6 @@ def _prepare_args(args: tuple, kwargs: dict) -> tuple[list, dict]:
     def prep(a: Any) -> Any:
         if isinstance(a, ObjectRef):
             return a
-        if isinstance(a, VerifiedRef):
-            return a.ref
         nbytes = getattr(a, "nbytes", None)  # numpy arrays and torch tensors both have it
         if isinstance(nbytes, int) and nbytes > _INLINE_ARG_BYTES:
             return ray.put(a)
@@ -648,20 +841,32 @@ def _refuse_nested(what: str) -> None:
         )
 
 
+def _refuse_generator(fn: Any, what: str) -> None:
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise ConfigError(
+            f"{what} is a generator function. Replicas are compared on one complete output, "
+            "so streamed results are not verified: return a list (e.g. `return list(...)`), "
+            "or split the work into several verified calls."
+        )
+
+
 class VerifiedFunction:
     """A function whose calls are replicated on untrusted executors and verified.
 
     Created by :func:`verified_remote`. Call :meth:`remote` to submit; calling it directly is an
-    error, as with Ray remote functions.
+    error, as with Ray remote functions. ``async def`` functions are verified like plain ones
+    (each executor runs the coroutine to completion); generator functions are refused.
     """
 
     def __init__(self, fn: Any, options: dict[str, Any]) -> None:
         self._fn = fn
         self._options = dict(options)
+        _refuse_generator(fn, getattr(fn, "__qualname__", repr(fn)))
         ours, theirs = _split_options(options)
         self.policy = _policy(ours)
         self._call_options = _check_ray_options(fn, theirs)
         self._ray_options = theirs
+        self.num_returns = int(theirs.get("num_returns", 1))
         self.__name__ = getattr(fn, "__name__", "function")
         self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
         self.__doc__ = getattr(fn, "__doc__", None)
@@ -673,8 +878,12 @@ class VerifiedFunction:
         """A copy with some options overridden (ours and Ray's), validated at once."""
         return VerifiedFunction(self._fn, {**self._options, **options})
 
-    def remote(self, *args: Any, **kwargs: Any) -> VerifiedRef:
-        """Submit a verified call; returns immediately with a :class:`VerifiedRef`."""
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Submit a verified call; returns at once with a ``ray.ObjectRef`` of the value.
+
+        With ``num_returns=n`` (n > 1) it returns a list of n refs, one per item of the tuple
+        the function returns (the certificate covers the whole tuple).
+        """
         _refuse_nested(f"{self.__qualname__}.remote()")
         cluster = current_cluster()
         _check_fits(self.policy, self._ray_options, cluster, self.__qualname__)
@@ -682,9 +891,16 @@ class VerifiedFunction:
         a, kw = _prepare_args(args, kwargs)
         task_id = _new_task_id(self.__name__)
         meta = CallMeta(task_id, self.__qualname__, fn_id, _args_digest(a, kw))
-        call = CallSpec(task_id, self.__qualname__, self.policy, self._call_options, meta)
-        value_ref = cluster._verifier.submit.remote(call, [fn_ref], a, kw)
-        return VerifiedRef(value_ref, call.task_id, call.name, cluster._verifier)
+        call = CallSpec(
+            task_id, self.__qualname__, self.policy, self._call_options, meta, self.num_returns
+        )
+        submit = cluster._verifier.submit
+        if self.num_returns != 1:
+            submit = submit.options(num_returns=self.num_returns)
+        refs = submit.remote(call, [fn_ref], a, kw)
+        first = refs[0] if isinstance(refs, list) else refs
+        cluster._remember(first.task_id().hex(), task_id)
+        return refs
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -705,6 +921,11 @@ class VerifiedClass:
         ours, theirs = _split_options(options)
         self.policy = _policy(ours)
         self._call_options = _check_ray_options(cls, theirs)
+        if "num_returns" in theirs:
+            raise ConfigError(
+                f"{cls.__qualname__}: num_returns applies to methods; decorate the method with "
+                "@ray.method(num_returns=n)."
+            )
         self._ray_options = theirs
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
@@ -726,8 +947,9 @@ class VerifiedClass:
         a, kw = _prepare_args(args, kwargs)
         meta = CallMeta(task_id, self.__qualname__, cls_id, _args_digest(a, kw))
         call = CallSpec(task_id, self.__qualname__, self.policy, self._call_options, meta)
-        ready = cluster._verifier.create_instance.remote(call, [cls_ref], a, kw)
-        return VerifiedActorHandle(cluster, self._cls, call, ready)
+        close_token = os.urandom(16)
+        ready = cluster._verifier.create_instance.remote(call, [cls_ref], a, kw, close_token)
+        return VerifiedActorHandle(cluster, self._cls, call, ready, close_token)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -737,22 +959,35 @@ class VerifiedClass:
 
 
 class VerifiedActorHandle:
-    """Handle to a replicated instance. ``handle.method.remote(...)`` returns a :class:`VerifiedRef`.
+    """Handle to a replicated instance. ``handle.method.remote(...)`` returns an ``ObjectRef``.
 
     Calls from one handle run in submission order on every replica, so deterministic state
     stays identical across honest replicas. A replica whose answer disagrees has a diverged
     state and is never asked again; when fewer than ``quorum`` healthy replicas remain, calls
     fail with :class:`~bft_ray.errors.ExecutorUnavailableError`.
+
+    :meth:`close` frees the replicas and the call log, as does dropping the last reference to
+    the handle. A handle stays in the process that created the instance (it cannot be pickled
+    into a Ray task: the ordering of calls lives in it); pass results instead.
     """
 
-    def __init__(self, cluster: BftCluster, cls: type, call: CallSpec, ready: ObjectRef) -> None:
+    def __init__(
+        self,
+        cluster: BftCluster,
+        cls: type,
+        call: CallSpec,
+        ready: ObjectRef,
+        close_token: bytes | None = None,
+    ) -> None:
         self._cluster = cluster
         self._cls = cls
         self._call = call
         self._ready = ready
+        self._close_token = close_token
         self._seq = itertools.count()
         self._seq_lock = threading.Lock()
         self.instance_id = call.task_id
+        self.closed = False
 
     def holders(self, timeout: float | None = None) -> list[str]:
         """Executor ids holding healthy replicas now (blocks until the instance is created).
@@ -771,17 +1006,51 @@ class VerifiedActorHandle:
         except ray.exceptions.RayTaskError as exc:
             raise _unwrap(exc) from None
 
+    def close(self, wait: bool = True) -> None:
+        """Free the instance: its replicas on the executors and its call log.
+
+        Calls already submitted finish; calls submitted afterwards fail. Idempotent.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        cluster = self._cluster
+        if cluster.closed or self._close_token is None or not ray.is_initialized():
+            return
+        ref = cluster._verifier.drop_instance.remote(
+            self._close_token, self.instance_id, [self._ready]
+        )
+        if wait:
+            ray.get(ref)
+
+    def __del__(self) -> None:
+        # Dropping the last reference frees the instance, like a Ray actor handle.
+        try:
+            self.close(wait=False)
+        except Exception:
+            pass
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"a verified instance handle ({self._cls.__qualname__}) cannot be passed to another "
+            "process: the order of its calls lives in this handle. Create the instance where it "
+            "is used, or pass the results of its calls."
+        )
+
     def __getattr__(self, name: str) -> _VerifiedMethod:
         if name.startswith("_"):
             raise AttributeError(name)
         attr = getattr(self._cls, name, None)
         if attr is None or not callable(attr):
             raise AttributeError(f"{self._cls.__qualname__} has no method {name!r}")
-        return _VerifiedMethod(self, name)
+        _refuse_generator(attr, f"{self._cls.__qualname__}.{name}")
+        return _VerifiedMethod(self, name, int(getattr(attr, "__ray_num_returns__", None) or 1))
 
-    def _submit(self, method: str, args: tuple, kwargs: dict) -> VerifiedRef:
+    def _submit(self, method: str, args: tuple, kwargs: dict, num_returns: int) -> Any:
         cluster = self._cluster
         _refuse_nested(f"{self._call.name}.{method}.remote()")
+        if self.closed:
+            raise ConfigError(f"{self._call.name}: the instance was closed; create a new one.")
         with self._seq_lock:
             seq = next(self._seq)
             a, kw = _prepare_args(args, kwargs)
@@ -798,23 +1067,33 @@ class VerifiedActorHandle:
                 else FunctionId("", name, "")
             )
             meta = CallMeta(task_id, name, fn_id, _args_digest(a, kw))
-            call = dataclasses.replace(self._call, task_id=task_id, name=name, meta=meta)
-            value_ref = cluster._verifier.call_method.remote(
-                call, self.instance_id, [self._ready], seq, method, a, kw
+            call = dataclasses.replace(
+                self._call, task_id=task_id, name=name, meta=meta, num_returns=num_returns
             )
-        return VerifiedRef(value_ref, call.task_id, call.name, cluster._verifier)
+            submit = cluster._verifier.call_method
+            if num_returns != 1:
+                submit = submit.options(num_returns=num_returns)
+            refs = submit.remote(call, self.instance_id, [self._ready], seq, method, a, kw)
+        first = refs[0] if isinstance(refs, list) else refs
+        cluster._remember(first.task_id().hex(), task_id)
+        return refs
 
     def __repr__(self) -> str:
-        return f"VerifiedActorHandle({self._cls.__qualname__}, instance_id={self.instance_id!r})"
+        state = ", closed" if self.closed else ""
+        return (
+            f"VerifiedActorHandle({self._cls.__qualname__}, instance_id={self.instance_id!r}"
+            f"{state})"
+        )
 
 
 class _VerifiedMethod:
-    def __init__(self, handle: VerifiedActorHandle, name: str) -> None:
+    def __init__(self, handle: VerifiedActorHandle, name: str, num_returns: int = 1) -> None:
         self._handle = handle
         self._name = name
+        self._num_returns = num_returns
 
-    def remote(self, *args: Any, **kwargs: Any) -> VerifiedRef:
-        return self._handle._submit(self._name, args, kwargs)
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._handle._submit(self._name, args, kwargs, self._num_returns)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(

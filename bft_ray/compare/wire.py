@@ -1183,3 +1183,50 @@ class WireValue:
         if isinstance(protocol, int) and protocol >= 5:
             return _from_wire, (pickle.PickleBuffer(self.data),)
         return _from_wire, (self.data,)
+
+
+def sequence_length(data: bytes | memoryview) -> int | None:
+    """Item count of an encoded top-level list or tuple, ``None`` for any other value.
+
+    Reads the header only; ``data`` must already be a valid encoding (for example bytes that
+    :func:`decode_canonical` accepted).
+    """
+    view = memoryview(data)
+    if len(view) < 14 or bytes(view[:4]) != MAGIC or view[5] not in (T_LIST, T_TUPLE):
+        return None
+    return _U64.unpack_from(view, 6)[0]
+
+
+def _item_from_wire(data: Any, index: int) -> Any:
+    return decode(data)[index]
+
+
+class WireItem(WireValue):
+    """Item ``index`` of the list or tuple encoded by ``data``; unpickles as that item.
+
+    A verified call with ``num_returns=n`` certifies one sequence of ``n`` items; each of its
+    ``n`` refs holds the certified bytes of the whole sequence and resolves to one item.
+    """
+
+    __slots__ = ("index",)
+
+    def __init__(self, data: bytes | memoryview, index: int) -> None:
+        super().__init__(data)
+        self.index = index
+
+    def value(self) -> Any:
+        return _item_from_wire(self.data, self.index)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WireItem) and (self.data, self.index) == (other.data, other.index)
+
+    def __hash__(self) -> int:
+        return hash((self.data, self.index))
+
+    def __repr__(self) -> str:
+        return f"WireItem(<{len(self.data)} bytes>, index={self.index})"
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        if isinstance(protocol, int) and protocol >= 5:
+            return _item_from_wire, (pickle.PickleBuffer(self.data), self.index)
+        return _item_from_wire, (self.data, self.index)

@@ -23,8 +23,10 @@ Code running inside an executor can call :func:`bft_ray.device` to get the torch
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
+import inspect
 import logging
 import os
 import time
@@ -129,6 +131,17 @@ class ExecutorActor:
         self._key = SigningKey.generate()
         self._instances: dict[str, Any] = {}
         self._functions: dict[str, Any] = {}
+        # One event loop for the executor's life: coroutines of async user code run on it, so
+        # loop-bound state (locks, clients) made by one call of an instance works in the next.
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _settle(self, result: Any) -> Any:
+        """Run a coroutine returned by async user code to completion; other values pass."""
+        if not inspect.iscoroutine(result):
+            return result
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(result)
 
     def _authorise(self, capability: Any) -> None:
         if not isinstance(capability, bytes) or not hmac.compare_digest(
@@ -160,7 +173,7 @@ class ExecutorActor:
         _INSIDE_EXECUTOR = True
         try:
             self.behaviour.before(ctx)
-            output = self.behaviour.corrupt(compute(), ctx)
+            output = self.behaviour.corrupt(self._settle(compute()), ctx)
             payload = encode(output)
         except UnsupportedTypeError as exc:
             kind, note = envelope.ERROR, str(exc)
@@ -168,7 +181,7 @@ class ExecutorActor:
         except Exception as exc:
             # User code raised: the record is compared like a value, so one executor inventing
             # an exception is outvoted like any wrong output.
-            kind, note = envelope.ERROR, traceback.format_exc(limit=20)
+            kind, note = envelope.ERROR, user_traceback(exc)
             payload = error_payload(exc)
         finally:
             _INSIDE_EXECUTOR = False
@@ -261,6 +274,24 @@ class ExecutorActor:
 
     def ping(self) -> bytes:
         return encode(self.executor_id)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def user_traceback(exc: BaseException, limit: int = 30) -> str:
+    """The traceback of an exception user code raised, without bft-ray's own frames.
+
+    What a Ray user expects to see: their file, function and line, then the exception.
+    """
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not os.path.abspath(f.filename).startswith(_PACKAGE_DIR + os.sep)
+    ][-limit:]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)
 
 
 def inside_executor() -> bool:

@@ -17,7 +17,6 @@ the deserialisation guard.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import logging
 import os
@@ -40,6 +39,7 @@ from bft_ray.executor.actor import (
     capability_commitment,
     slot_capability,
 )
+from bft_ray.executor.lanes import Lanes
 from bft_ray.executor.placement import Candidate, assign
 
 __all__ = ["ExecutorPool", "PoolSetup", "Slot", "create_pool", "local_gpu_count"]
@@ -57,9 +57,13 @@ class Slot:
     handle: Any
     info: ExecutorInfo
     fault: Any
-    status: str = "alive"  # alive | dead | respawning | quarantined
+    status: str = "alive"  # alive | dead | respawning | quarantined | removed
     generation: int = 0
     respawns: int = 0
+    # Where the slot lives: a bundle of the pool's first placement group (``group`` None, bundle
+    # = index) or of a group added by ``ExecutorPool.grow``.
+    group: PlacementGroup | None = None
+    bundle: int = -1
 
 
 @dataclasses.dataclass
@@ -72,6 +76,7 @@ class PoolSetup:
     seed: int
     max_respawns: int
     master: bytes = b""  # the driver's secret; slot capabilities derive from it
+    bundle: dict[str, float] = dataclasses.field(default_factory=dict)  # one executor's share
 
     def capability(self, index: int) -> bytes:
         return slot_capability(self.master, slot_name(index))
@@ -95,7 +100,11 @@ def local_gpu_count() -> int:
 
 def _bundle(spec: ClusterSpec) -> dict[str, float]:
     bundle = {"CPU": spec.cpus_per_executor, "GPU": spec.gpus_per_executor}
-    bundle = {k: v for k, v in bundle.items() if v > 0}
+    # Custom resources of the executors (e.g. {"bft_executor": 1}, which only untrusted GPU
+    # worker nodes advertise) go in the bundle too: an actor in a placement group bundle may
+    # only use what the bundle reserved.
+    bundle.update(spec.executor_options.get("resources") or {})
+    bundle = {k: float(v) for k, v in bundle.items() if v > 0}
     # Ray rejects empty bundles; a token CPU share keeps CPU-only, zero-CPU executors placeable.
     return bundle or {"CPU": 0.01}
 
@@ -166,6 +175,20 @@ def parse_info(raw: Any, index: int, executor_id: str, node_id: str) -> Executor
     )
 
 
+def _shortfall(bundle: dict[str, float], count: int) -> str:
+    """What the cluster lacks, right now, to hold ``count`` bundles (empty if nothing)."""
+    total = ray.cluster_resources()
+    for res, amount in bundle.items():
+        need = amount * count
+        if total.get(res, 0.0) + 1e-9 < need:
+            return (
+                f"{count} executors x {amount:g} {res} need {need:g} {res}, but the Ray "
+                f"cluster has {total.get(res, 0.0):g}. Use fewer executors, lower "
+                f"{'gpus' if res == 'GPU' else 'cpus'}_per_executor, or add nodes."
+            )
+    return ""
+
+
 def bundle_nodes(pg: PlacementGroup | None) -> dict[int, str]:
     """Bundle index -> node id, from Ray's placement group table."""
     if pg is None:
@@ -182,11 +205,13 @@ def _new_actor(
     seed: int,
     generation: int,
     master: bytes,
+    bundle: int | None = None,
 ) -> Any:
     opts = dict(setup_opts)
     if pg is not None:
         opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-            placement_group=pg, placement_group_bundle_index=index
+            placement_group=pg,
+            placement_group_bundle_index=index if bundle is None else bundle,
         )
     commitment = capability_commitment(slot_capability(master, slot_name(index)))
     handle = _RemoteExecutor.options(**opts).remote(
@@ -204,32 +229,48 @@ def create_pool(
     max_respawns: int = 2,
     placement_timeout_s: float = 60.0,
     master: bytes | None = None,
+    wait_for_resources: bool = False,
 ) -> PoolSetup:
     """Place and start ``spec.executors`` executors; blocks until all report their identity.
 
+    Args:
+        wait_for_resources: The cluster may still grow (an autoscaler adds nodes for the
+            pending placement group): wait up to ``placement_timeout_s`` for the resources,
+            logging progress every 10 s, instead of failing at once when they are missing now.
+
     Raises:
-        ConfigError: When the cluster cannot hold the requested executors.
+        ConfigError: When the cluster cannot hold the requested executors (at once, or after
+            ``placement_timeout_s`` when waiting).
     """
     bundle = _bundle(spec)
-    total = ray.cluster_resources()
-    for res, amount in bundle.items():
-        need = amount * spec.executors
-        if total.get(res, 0.0) + 1e-9 < need:
-            raise ConfigError(
-                f"{spec.executors} executors x {amount:g} {res} need {need:g} {res}, but the Ray "
-                f"cluster has {total.get(res, 0.0):g}. Use fewer executors, lower "
-                f"{'gpus' if res == 'GPU' else 'cpus'}_per_executor, or add nodes."
-            )
+    shortfall = _shortfall(bundle, spec.executors)
+    if shortfall and not wait_for_resources:
+        raise ConfigError(shortfall)
     pg = placement_group([dict(bundle) for _ in range(spec.executors)], strategy="SPREAD")
-    try:
-        ray.get(pg.ready(), timeout=placement_timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        remove_placement_group(pg)
-        raise ConfigError(
-            f"could not place {spec.executors} executors with {bundle} each within "
-            f"{placement_timeout_s:g}s (resources taken by other work?). Free resources or use "
-            "fewer executors."
-        ) from None
+    deadline = time.monotonic() + placement_timeout_s
+    while True:
+        step = min(10.0, max(deadline - time.monotonic(), 0.0))
+        try:
+            ray.get(pg.ready(), timeout=step)
+            break
+        except ray.exceptions.GetTimeoutError:
+            pass
+        missing = _shortfall(bundle, spec.executors)
+        if time.monotonic() >= deadline:
+            remove_placement_group(pg)
+            raise ConfigError(
+                f"could not place {spec.executors} executors with {bundle} each within "
+                f"{placement_timeout_s:g}s. "
+                + (missing or "The resources exist but are taken by other work; free them.")
+                + " If nodes are still being added, raise bft_ray.init(ready_timeout_s=...)."
+            ) from None
+        logger.warning(
+            "bft-ray: waiting for resources of %d executors (%s each), %.0fs left: %s",
+            spec.executors,
+            bundle,
+            deadline - time.monotonic(),
+            missing or "resources exist but are in use",
+        )
     actor_options: dict[str, Any] = {
         "num_cpus": spec.cpus_per_executor
         if "CPU" in bundle and spec.cpus_per_executor > 0
@@ -259,7 +300,7 @@ def create_pool(
     slots = [
         Slot(i, h, info, spec.faults.get(i)) for i, (h, info) in enumerate(zip(handles, infos))
     ]
-    return PoolSetup(pg, slots, actor_options, seed, max_respawns, master)
+    return PoolSetup(pg, slots, actor_options, seed, max_respawns, master, dict(bundle))
 
 
 class ExecutorPool:
@@ -273,7 +314,10 @@ class ExecutorPool:
         self.by_id: dict[str, Slot] = {s.info.executor_id: s for s in setup.slots}
         self.infos: dict[str, ExecutorInfo] = {s.info.executor_id: s.info for s in setup.slots}
         self.keys: dict[str, bytes] = {s.info.executor_id: s.info.public_key for s in setup.slots}
-        self.inflight: collections.Counter[str] = collections.Counter()  # calls per executor id
+        # Work sent to each executor and not answered yet: its load, and when each item's
+        # time limit starts (see bft_ray.executor.lanes).
+        self.lanes = Lanes()
+        self._groups: list[PlacementGroup] = []  # placement groups added by grow()
         self._respawn_tasks: set[asyncio.Task] = set()
         self.respawn_timeout_s = 300.0
         for s in setup.slots:
@@ -290,7 +334,7 @@ class ExecutorPool:
 
     def pick(self, key: str, k: int, exclude: set[str], avoid_nodes: set[str]) -> list[Slot]:
         """Up to ``k`` live executors for ``key``, from slots not in ``exclude``."""
-        chosen = assign(key, self.candidates(), k, exclude, avoid_nodes, self.inflight)
+        chosen = assign(key, self.candidates(), k, exclude, avoid_nodes, self.lanes.load())
         return [self.by_id[c.executor_id] for c in chosen]
 
     def spare(self, exclude: set[str]) -> int:
@@ -328,18 +372,20 @@ class ExecutorPool:
         slot.respawns += 1
         slot.generation += 1
         start = time.monotonic()
+        group, bundle = self._placement(slot)
         handle = _new_actor(
             self.setup.actor_options,
-            self.setup.placement_group,
+            group,
             slot.index,
             slot.fault,
             self.setup.seed,
             slot.generation,
             self.setup.master,
+            bundle=bundle,
         )
         try:
             raw = await asyncio.wait_for(_future(handle.info.remote()), timeout=300)
-            node = bundle_nodes(self.setup.placement_group).get(slot.index, slot.info.node_id)
+            node = bundle_nodes(group).get(bundle, slot.info.node_id)
             info = parse_info(raw, slot.index, _executor_id(slot.index, slot.generation), node)
         except Exception as exc:
             logger.error("respawn of slot %d failed: %s", slot.index, exc)
@@ -355,6 +401,103 @@ class ExecutorPool:
             info.executor_id,
             time.monotonic() - start,
         )
+
+    def _placement(self, slot: Slot) -> tuple[PlacementGroup | None, int]:
+        if slot.group is None:
+            return self.setup.placement_group, slot.index
+        return slot.group, slot.bundle
+
+    async def grow(self, count: int, faults: dict[int, Any], timeout: float) -> list[Slot]:
+        """Add ``count`` executors in a new placement group (slots numbered after the last).
+
+        Waits up to ``timeout`` for the resources (an autoscaler may add nodes for them).
+
+        Raises:
+            ConfigError: The resources did not appear in time (nothing is left behind).
+            ExecutorUnavailableError: A new executor did not start or sent malformed info.
+        """
+        first = max(self.slots) + 1 if self.slots else 0
+        pg = placement_group([dict(self.setup.bundle) for _ in range(count)], strategy="SPREAD")
+        try:
+            await asyncio.wait_for(_future(pg.ready()), timeout=timeout)
+        except asyncio.TimeoutError:
+            remove_placement_group(pg)
+            raise ConfigError(
+                f"could not place {count} more executors with {self.setup.bundle} each within "
+                f"{timeout:g}s. {_shortfall(self.setup.bundle, count)} Add nodes or scale by less."
+            ) from None
+        handles = [
+            _new_actor(
+                self.setup.actor_options,
+                pg,
+                first + j,
+                faults.get(first + j),
+                self.setup.seed,
+                0,
+                self.setup.master,
+                bundle=j,
+            )
+            for j in range(count)
+        ]
+        results = await asyncio.gather(
+            *(asyncio.wait_for(_future(h.info.remote()), timeout=300) for h in handles),
+            return_exceptions=True,
+        )
+        nodes = bundle_nodes(pg)
+        try:
+            infos = [
+                parse_info(raw, first + j, _executor_id(first + j, 0), nodes.get(j, ""))
+                for j, raw in enumerate(results)
+            ]
+        except BadExecutorInfo as exc:
+            for h in handles:
+                ray.kill(h, no_restart=True)
+            remove_placement_group(pg)
+            raise ExecutorUnavailableError(str(exc)) from None
+        added = []
+        for j, (h, info) in enumerate(zip(handles, infos)):
+            slot = Slot(first + j, h, info, faults.get(first + j), group=pg, bundle=j)
+            self.slots[slot.index] = slot
+            self.by_id[info.executor_id] = slot
+            self.infos[info.executor_id] = info
+            self.keys[info.executor_id] = info.public_key
+            guard.guard_actor(h)
+            added.append(slot)
+        self._groups.append(pg)
+        return added
+
+    async def shrink(self, count: int, drain_timeout: float = 60.0) -> list[str]:
+        """Remove ``count`` executors, newest slots first; returns their executor ids.
+
+        They get no new work at once; each is killed once the work already sent to it is
+        answered (or after ``drain_timeout``), and is never respawned. A placement group whose
+        slots are all removed is released, so an autoscaler can take its nodes back.
+        """
+        victims = sorted(
+            (s for s in self.slots.values() if s.status in ("alive", "quarantined")),
+            key=lambda s: -s.index,
+        )[:count]
+        for slot in victims:
+            slot.status = "removed"
+        deadline = time.monotonic() + drain_timeout
+        while time.monotonic() < deadline and any(
+            self.lanes.depth(s.info.executor_id) for s in victims
+        ):
+            await asyncio.sleep(0.05)
+        for slot in victims:
+            try:
+                ray.kill(slot.handle, no_restart=True)
+            except Exception:
+                pass
+        for pg in list(self._groups):
+            if all(s.status == "removed" for s in self.slots.values() if s.group is pg):
+                remove_placement_group(pg)
+                self._groups.remove(pg)
+        return [s.info.executor_id for s in victims]
+
+    def size(self) -> int:
+        """Slots in the pool, removed ones excluded."""
+        return sum(1 for s in self.slots.values() if s.status != "removed")
 
     async def settle(self, timeout: float = 15.0) -> None:
         """Wait (at most ``timeout`` seconds) for respawns in progress.
@@ -390,8 +533,9 @@ class ExecutorPool:
                 ray.kill(slot.handle, no_restart=True)
             except Exception:
                 pass
-        if self.setup.placement_group is not None:
-            try:
-                remove_placement_group(self.setup.placement_group)
-            except Exception:
-                pass
+        for pg in [self.setup.placement_group, *self._groups]:
+            if pg is not None:
+                try:
+                    remove_placement_group(pg)
+                except Exception:
+                    pass

@@ -384,7 +384,7 @@ class RayTrainer:
         self.rule_state: dict[str, Any] | None = None
         self.attack_generator = attack_generator(config)
         self.steps_done = 0
-        self.last_aggregation: bft_ray.VerifiedRef | None = None
+        self.last_aggregation: ray.ObjectRef | None = None
         self.lost_slots: set[int] = set()
         self._result = RayTrainResult(
             config,
@@ -638,7 +638,7 @@ class RayTrainer:
             raise
         # Only accepted steps: certificate() then always refers to the parameters in use.
         self.last_aggregation = ref
-        self._result.aggregation_tasks.append(ref.task_id)
+        self._result.aggregation_tasks.append(bft_ray.task_id(ref))
         return params, state
 
     def step(self) -> None:

@@ -18,7 +18,13 @@ from bft_ray.verifier.admission import Status, error_record
 from bft_ray.verifier.certificate import Dissent, FunctionId
 from bft_ray.verifier.decision import VerdictRecord
 
-__all__ = ["CallMeta", "accepted_result", "certificate_fields", "user_exception"]
+__all__ = [
+    "CallMeta",
+    "accepted_result",
+    "certificate_fields",
+    "reported_traceback",
+    "user_exception",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,5 +120,23 @@ def user_exception(canonical: Any, executor_id: str, note: str = "") -> BaseExce
     if exc is None:
         exc = UserCodeError(f"{type_name}: {message}", type=type_name)
     if note:
-        exc.add_note(f"Traceback reported by executor {executor_id} (not verified):\n{note}")
+        exc.add_note(reported_traceback(note, executor_id))
     return exc
+
+
+_MAX_TRACEBACK = 8_000
+
+
+def reported_traceback(note: str, executor_id: str) -> str:
+    """An executor's traceback text made safe to print, and labelled as unverified.
+
+    The text comes from an untrusted executor: control characters (terminal escapes) are
+    replaced and the length is bounded, so it cannot rewrite the caller's terminal or flood it.
+    """
+    clean = "".join(c if c in "\n\t" or (c.isprintable()) else "?" for c in note[:_MAX_TRACEBACK])
+    if len(note) > _MAX_TRACEBACK:
+        clean += "\n... (truncated)"
+    return (
+        f"{clean.rstrip()}\n(traceback reported by executor {executor_id}: the replicas agree on "
+        "the exception's type and message; the traceback itself is not verified)"
+    )

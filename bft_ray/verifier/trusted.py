@@ -38,13 +38,16 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
+from ray.exceptions import RayTaskError
 
 from bft_ray.compare.diff import render_disagreement
+from bft_ray.compare.wire import WireItem, WireValue, sequence_length
 from bft_ray.config import Policy
 from bft_ray.crypto import SigningKey
 from bft_ray.errors import (
     CapabilityError,
     CertificateError,
+    ConfigError,
     ExecutorUnavailableError,
     NoQuorumError,
 )
@@ -56,7 +59,13 @@ from bft_ray.trust.reputation import QuarantinePolicy, Reputation
 from bft_ray.verifier.admission import Expected, NoAnswer, Outcome, Status, admit, failed
 from bft_ray.verifier.certificate import Certificate
 from bft_ray.verifier.decision import CallState, Decision, Judgement, Label, Step, VerdictRecord
-from bft_ray.verifier.records import CallMeta, accepted_result, certificate_fields, user_exception
+from bft_ray.verifier.records import (
+    CallMeta,
+    accepted_result,
+    certificate_fields,
+    reported_traceback,
+    user_exception,
+)
 
 __all__ = ["CallSpec", "TrustedVerifier", "admin_capability"]
 
@@ -77,6 +86,7 @@ class CallSpec:
     policy: Policy
     call_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     meta: CallMeta | None = None
+    num_returns: int = 1  # > 1: the value must be a list or tuple of that many items
 
 
 @dataclasses.dataclass
@@ -117,6 +127,7 @@ class TrustedVerifier:
         verifier_id: Name used in certificates.
         quarantine: When flagged executors stop receiving work (default: never).
         keep_certificates: How many recent certificates stay retrievable.
+        spec: The cluster spec, handed to processes that attach (``describe``).
     """
 
     def __init__(
@@ -125,6 +136,7 @@ class TrustedVerifier:
         verifier_id: str = "verifier0",
         quarantine: QuarantinePolicy | None = None,
         keep_certificates: int = 20_000,
+        spec: Any = None,
     ) -> None:
         guard.install()
         self.pool = ExecutorPool(setup)
@@ -138,6 +150,12 @@ class TrustedVerifier:
         self.keep_certificates = keep_certificates
         self._verdicts: OrderedDict[str, Any] = OrderedDict()
         self._background: set[asyncio.Task] = set()
+        self._starts: dict[object, asyncio.Future] = {}  # lane token -> time-limit start
+        self._by_ray_task: OrderedDict[str, str] = OrderedDict()  # Ray task id -> task id
+        self._waiting_args: set[str] = set()
+        self._active: dict[str, _Replication] = {}
+        self._close_tokens: dict[str, bytes] = {}
+        self.spec = spec
         # Function keys each executor has confirmed holding (it answered a call carrying it).
         self._functions_held: dict[str, set[str]] = {}
         self.counters = {
@@ -195,16 +213,21 @@ class TrustedVerifier:
                 self._functions_held.setdefault(out.executor_id, set()).add(fn_key)
 
         async def run() -> tuple[Any, Callable[[], Certificate]]:
-            await _arguments_ready(args, kwargs)
+            await self._arguments_ready(call.task_id, args, kwargs)
             self.pool.require(int(call.policy.quorum or 1), call.name)
             rep = _Replication(self, call, invoke, instance=None, on_outcome=confirmed)
             rep.start(rep.pick(call.policy.replicas))
             return await rep.finish()
 
-        return await self._verdict(call.task_id, run())
+        return await self._verdict(call, run())
 
     async def create_instance(
-        self, call: CallSpec, cls_box: list, args: list, kwargs: dict
+        self,
+        call: CallSpec,
+        cls_box: list,
+        args: list,
+        kwargs: dict,
+        close_token: bytes | None = None,
     ) -> list[str]:
         """Construct ``r`` replicas of a class instance on distinct slots.
 
@@ -214,7 +237,7 @@ class TrustedVerifier:
         """
         policy = call.policy
         quorum = int(policy.quorum or 1)
-        await _arguments_ready(args, kwargs)
+        await self._arguments_ready(call.task_id, args, kwargs)
         self.pool.require(quorum, f"{call.name} instance")
         holders: list[str] = []
         tried: set[str] = set()
@@ -229,19 +252,23 @@ class TrustedVerifier:
             budget -= len(picks)
             tried.update(p.info.slot for p in picks)
             spec = TaskSpec(call.task_id, 0, f"{call.name}.__init__")
-            refs = [
-                p.handle.create_instance.remote(
-                    self.pool.setup.capability(p.index),
-                    spec,
-                    call.task_id,
-                    cls_box[0],
-                    *args,
-                    **kwargs,
+            sent = [
+                self._send(
+                    p,
+                    _submit(
+                        p.handle.create_instance,
+                        self.pool.setup.capability(p.index),
+                        spec,
+                        call.task_id,
+                        cls_box[0],
+                        *args,
+                        **kwargs,
+                    ),
                 )
                 for p in picks
             ]
             outs = await asyncio.gather(
-                *(self._receive(p, spec, r, policy.timeout_s) for p, r in zip(picks, refs))
+                *(self._receive(p, spec, s, policy.timeout_s) for p, s in zip(picks, sent))
             )
             for out in outs:
                 seen.append(out)
@@ -253,7 +280,7 @@ class TrustedVerifier:
                     same = errors[out.digest]
                     if len(same) >= quorum:
                         self._apply(_constructor_record(call.task_id, seen, errors=True), None)
-                        raise user_exception(same[0].canonical, same[0].executor_id, same[0].note)
+                        raise _agreed_exception(same[0], f"{call.name}.__init__")
                 else:
                     self._lost(out, call.task_id)
         self._apply(_constructor_record(call.task_id, seen, errors=False), None)
@@ -274,6 +301,8 @@ class TrustedVerifier:
             dict(kwargs),
             ever_used=set(tried),
         )
+        if close_token is not None:
+            self._close_tokens[call.task_id] = close_token
         return holders
 
     async def call_method(
@@ -295,7 +324,7 @@ class TrustedVerifier:
         re-raises a failed construction.
         """
         return await self._verdict(
-            call.task_id, self._call_method(call, instance_id, ready_box, seq, method, args, kwargs)
+            call, self._call_method(call, instance_id, ready_box, seq, method, args, kwargs)
         )
 
     async def _call_method(
@@ -311,9 +340,12 @@ class TrustedVerifier:
         await _as_future(ready_box[0])
         inst = self.instances.get(instance_id)
         if inst is None:
-            raise ExecutorUnavailableError(f"unknown or dropped instance {instance_id!r}")
+            raise ExecutorUnavailableError(
+                f"{call.name}: the instance {instance_id!r} was closed (handle.close(), or its "
+                "last handle was dropped); create a new one."
+            )
         try:
-            await _arguments_ready(args, kwargs)
+            await self._arguments_ready(call.task_id, args, kwargs)
         except BaseException:
             async with inst.cond:  # keep the order of later calls intact
                 await inst.cond.wait_for(lambda: inst.next_seq == seq)
@@ -341,38 +373,88 @@ class TrustedVerifier:
                 inst.cond.notify_all()
         return await rep.finish()
 
-    async def certificate(self, task_id: str) -> tuple[str, Any]:
+    async def certificate(
+        self, task_id: str | None = None, ray_task: str | None = None
+    ) -> tuple[str, Any]:
         """``("ok", Certificate)`` or ``("error", exception)`` for a decided call.
 
-        The caller asks only once the call's value ref is ready (the verdict is stored before
-        the value is returned). Never raises: an error result is re-raised by the caller's
-        ``bft_ray.certificate``, so no error object is left unread in the object store.
+        The call is named by its bft-ray ``task_id`` or by the Ray task id (hex) of the
+        ``submit``/``call_method`` task whose return refs the caller holds. The caller asks only
+        once such a ref is ready (the verdict is stored before the value is returned). Never
+        raises: an error result is re-raised by the caller's ``bft_ray.certificate``, so no
+        error object is left unread in the object store.
         """
-        if task_id in self._verdicts:
+        if task_id is None and ray_task is not None:
+            task_id = self._by_ray_task.get(ray_task)
+        if task_id is not None and task_id in self._verdicts:
             status, payload = self._verdicts[task_id]
             if status == "ok" and not isinstance(payload, Certificate):
                 payload = payload()  # sign now, once
                 self._verdicts[task_id] = (status, payload)
             return status, payload
         return "error", CertificateError(
-            f"no certificate for task {task_id!r}: unknown, or older than the last "
+            f"no certificate for task {task_id or ray_task!r}: unknown, or older than the last "
             f"{self.keep_certificates} calls (raise keep_certificates in bft_ray.init)."
         )
 
-    async def _verdict(self, task_id: str, work: Any) -> Any:
+    async def task_ids(self, ray_tasks: list[str]) -> list[str | None]:
+        """The bft-ray task ids of calls named by their Ray task ids (``None`` if unknown)."""
+        return [self._by_ray_task.get(t) for t in ray_tasks]
+
+    async def phases(self, ray_tasks: list[str]) -> list[str]:
+        """Where each pending call stands, for timeout messages (by Ray task id)."""
+        out = []
+        for t in ray_tasks:
+            tid = self._by_ray_task.get(t)
+            if tid is None:
+                out.append("not received by the verifier yet")
+            elif tid in self._verdicts:
+                out.append("decided")
+            elif tid in self._waiting_args:
+                out.append(
+                    "waiting for its arguments: an upstream task has not finished (or cannot "
+                    "be scheduled); no executor has been asked yet"
+                )
+            elif tid in self._active:
+                out.append(self._active[tid].describe())
+            else:
+                out.append("queued in the verifier")
+        return out
+
+    async def describe(self) -> dict[str, Any]:
+        """What a process attaching to this verifier needs: spec facts and the verifier key."""
+        return {
+            "spec": self.spec,
+            "verifier_keys": [self._key.public_bytes],
+            "executor_actor_ids": [s.handle._actor_id.hex() for s in self.pool.slots.values()],
+        }
+
+    async def _verdict(self, call: CallSpec, work: Any) -> Any:
         """Run a call's verification and keep its certificate issuer (or error) for later."""
+        self._by_ray_task[ray.get_runtime_context().get_task_id()] = call.task_id
         try:
             value, cert = await work
         except Exception as exc:
-            self._store(task_id, ("error", exc))
+            self._store(call.task_id, ("error", exc))
             raise
-        self._store(task_id, ("ok", cert))
-        return value
+        finally:
+            self._active.pop(call.task_id, None)
+        self._store(call.task_id, ("ok", cert))
+        return _returns(value, call)
 
     def _store(self, task_id: str, result: tuple[str, Any]) -> None:
         self._verdicts[task_id] = result
         while len(self._verdicts) > self.keep_certificates:
             self._verdicts.popitem(last=False)
+        while len(self._by_ray_task) > self.keep_certificates:
+            self._by_ray_task.popitem(last=False)
+
+    async def _arguments_ready(self, task_id: str, args: list, kwargs: dict) -> None:
+        self._waiting_args.add(task_id)
+        try:
+            await _arguments_ready(args, kwargs)
+        finally:
+            self._waiting_args.discard(task_id)
 
     async def instance_info(self, instance_id: str, ready_box: list) -> dict[str, Any]:
         """Current holders and repair count of a replicated instance."""
@@ -397,13 +479,24 @@ class TrustedVerifier:
             cap = self.pool.setup.capability(slot.index)
             inst.ever_used.add(slot.info.slot)
             spec = TaskSpec(inst.instance_id, -1, f"{inst.name}.__init__ (replay)")
-            slot.handle.create_instance.remote(
-                cap, spec, inst.instance_id, inst.cls_ref, *inst.ctor_args, **inst.ctor_kwargs
+            ref = _submit(
+                slot.handle.create_instance,
+                cap,
+                spec,
+                inst.instance_id,
+                inst.cls_ref,
+                *inst.ctor_args,
+                **inst.ctor_kwargs,
             )
+            self._watch(slot, self._send(slot, ref), inst.policy.timeout_s, spec.name)
             for seq, (method, args, kwargs) in enumerate(inst.log):
-                # Replayed answers are discarded: only the state they leave behind matters.
+                # Replayed answers are discarded: only the state they leave behind matters. They
+                # still occupy the new replica's lane, so later calls' clocks start after them.
                 spec = TaskSpec(f"{inst.instance_id}/{seq}", -1, f"{inst.name}.{method} (replay)")
-                slot.handle.call.remote(cap, spec, inst.instance_id, method, *args, **kwargs)
+                ref = _submit(
+                    slot.handle.call, cap, spec, inst.instance_id, method, *args, **kwargs
+                )
+                self._watch(slot, self._send(slot, ref), inst.policy.timeout_s, spec.name)
             inst.holders.append(eid)
             inst.repairs += 1
             logger.info(
@@ -413,8 +506,28 @@ class TrustedVerifier:
                 len(inst.log),
             )
 
-    async def drop_instance(self, capability: bytes, instance_id: str) -> None:
-        self._authorise(capability)
+    async def drop_instance(
+        self, capability: bytes, instance_id: str, ready_box: list | None = None
+    ) -> bool:
+        """Free a replicated instance: its replicas on the executors and its call log.
+
+        ``capability`` is the instance's close token (held by the handle that created it) or
+        the driver's capability. Calls already dispatched finish; later ones fail. Returns
+        whether the instance existed.
+        """
+        if ready_box:
+            try:
+                await _as_future(ready_box[0])  # closing waits for the construction
+            except Exception:
+                return False  # never built: nothing to free
+        token = self._close_tokens.get(instance_id)
+        if not (
+            isinstance(capability, bytes)
+            and token is not None
+            and hmac.compare_digest(capability, token)
+        ):
+            self._authorise(capability)
+        self._close_tokens.pop(instance_id, None)
         inst = self.instances.pop(instance_id, None)
         if inst:
             for eid in inst.holders:
@@ -423,6 +536,7 @@ class TrustedVerifier:
                     slot.handle.drop_instance.remote(
                         self.pool.setup.capability(slot.index), instance_id
                     )
+        return inst is not None
 
     async def report(self, settle: bool = True) -> dict[str, Any]:
         """Per-executor records and verifier counters.
@@ -443,7 +557,15 @@ class TrustedVerifier:
             info = self.pool.infos[row["executor"]]
             row["fault"] = info.fault
             row["slot"] = info.slot
-        return {"executors": rows, "counters": dict(self.counters)}
+        return {
+            "executors": rows,
+            "counters": {
+                **self.counters,
+                # Executors replaced by a fresh incarnation (crash or stall), over all slots.
+                "respawns": sum(s.respawns for s in self.pool.slots.values()),
+                "instances": len(self.instances),
+            },
+        }
 
     async def inject_fault(self, capability: bytes, index: int, fault: Any) -> str:
         """Change the behaviour of pool slot ``index`` now and for its future respawns."""
@@ -499,6 +621,32 @@ class TrustedVerifier:
             await asyncio.gather(*list(self._background), return_exceptions=True)
         await self.pool.settle(respawn_timeout)
 
+    async def scale(
+        self, capability: bytes, executors: int, faults: dict[int, Any], timeout: float
+    ) -> dict[str, Any]:
+        """Grow or shrink the pool to ``executors`` slots in service (see ``ExecutorPool``)."""
+        self._authorise(capability)
+        now = self.pool.size()
+        added: list[str] = []
+        removed: list[str] = []
+        if executors > now:
+            slots = await self.pool.grow(executors - now, faults, timeout)
+            added = [s.info.executor_id for s in slots]
+            for eid in added:
+                self._register(eid)
+        elif executors < now:
+            removed = await self.pool.shrink(now - executors)
+        if self.spec is not None:
+            self.spec = self.spec.model_copy(update={"executors": self.pool.size()})
+        self.quarantine = dataclasses.replace(self.quarantine, keep=self.pool.size() // 2 + 1)
+        logger.info("pool scaled to %d executors (+%s -%s)", self.pool.size(), added, removed)
+        return {
+            "executors": self.pool.size(),
+            "added": added,
+            "removed": removed,
+            "executor_actor_ids": [s.handle._actor_id.hex() for s in self.pool.slots.values()],
+        }
+
     async def shutdown(self, capability: bytes) -> None:
         """Stop all executors; calls in flight fail."""
         self._authorise(capability)
@@ -511,21 +659,69 @@ class TrustedVerifier:
         if info is not None:
             self.reputation.register(eid, info.index, info.node_id)
 
-    async def _receive(self, slot: Slot, spec: TaskSpec, ref: Any, timeout: float) -> Outcome:
-        """Await one replica's answer bytes and admit them."""
+    def _send(self, slot: Slot, ref: Any) -> _Sent:
+        """Enter work just submitted to ``slot`` in its executor's lane (see ``Lanes``).
+
+        Must be called right after the submission and before any later submission to the same
+        executor: the lane's order is the order Ray runs the calls in.
+        """
+        eid = slot.info.executor_id
+        loop = asyncio.get_running_loop()
+        started = loop.create_future()
+        if isinstance(ref, BaseException):
+            started.set_result(time.monotonic())
+            return _Sent(eid, ref, started)
+        fut = _as_future(ref)
+        token = object()
+        self._starts[token] = started
+        if self.pool.lanes.enqueue(eid, token, time.monotonic()):
+            started.set_result(time.monotonic())
+        fut.add_done_callback(lambda _f: self._answered(eid, token))
+        return _Sent(eid, fut, started)
+
+    def _answered(self, eid: str, token: object) -> None:
+        self._starts.pop(token, None)
+        now = time.monotonic()
+        for head in self.pool.lanes.finish(eid, token, now):
+            started = self._starts.get(head)
+            if started is not None and not started.done():
+                started.set_result(now)
+
+    async def _receive(self, slot: Slot, spec: TaskSpec, sent: _Sent, timeout: float) -> Outcome:
+        """Await one replica's answer bytes and admit them.
+
+        The time limit counts from the moment the replica reached the head of its executor's
+        lane (the executor was idle and the arguments ready), never from its submission: a
+        backlog on an honest executor is not a stall.
+        """
         eid = slot.info.executor_id
         expected = Expected(
             spec.task_id, spec.attempt, eid, slot.info.slot, self.pool.keys.get(eid)
         )
-        if isinstance(ref, BaseException):
-            return admit(NoAnswer(Status.CRASHED, f"submit failed: {ref}"), expected)
+        if isinstance(sent.answer, BaseException):
+            return admit(NoAnswer(Status.CRASHED, f"submit failed: {sent.answer}"), expected)
         try:
-            raw = await asyncio.wait_for(_as_future(ref), timeout=timeout)
+            raw = await _answer_within(sent, timeout)
         except asyncio.TimeoutError:
-            raw = NoAnswer(Status.TIMEOUT, f"no answer within {timeout:g}s")
+            raw = NoAnswer(Status.TIMEOUT, f"no answer within {timeout:g}s of starting")
         except BaseException as exc:
             raw = no_answer(exc)
         return admit(raw, expected)
+
+    def _watch(self, slot: Slot, sent: _Sent, timeout: float, what: str) -> None:
+        """Judge fire-and-forget work (a replayed call) only by whether it stalls."""
+
+        async def watch() -> None:
+            try:
+                await _answer_within(sent, timeout)
+            except asyncio.TimeoutError:
+                self.pool.retire(
+                    slot.info.executor_id, f"{what}: no answer within {timeout:g}s", kill=True
+                )
+            except BaseException:
+                pass  # a crash shows on the next call sent to it
+
+        self._track(watch())
 
     def _lost(self, out: Outcome, task_id: str, instance: _Instance | None = None) -> None:
         """A replica produced no comparable answer: retire a crashed or stalled executor."""
@@ -586,6 +782,19 @@ class _Replication:
         self.used_slots: set[str] = set()
         self.attempt = 0
         self.started = time.monotonic()
+        self.pending: dict[str, _Sent] = {}  # executor id -> replica not answered yet
+        verifier._active[call.task_id] = self
+
+    def describe(self) -> str:
+        """Where the replicas of this call stand, for timeout messages."""
+        now = time.monotonic()
+        parts = []
+        for eid, sent in sorted(self.pending.items()):
+            if sent.started.done():
+                parts.append(f"{eid} running for {now - sent.started.result():.1f}s")
+            else:
+                parts.append(f"{eid} queued behind earlier calls")
+        return "replicas: " + (", ".join(parts) if parts else "none pending (deciding)")
 
     def live_holders(self) -> list[str]:
         assert self.instance is not None
@@ -613,26 +822,21 @@ class _Replication:
     def start(self, slots: list[Slot]) -> None:
         """Dispatch one replica per slot. Synchronous: the calls leave in this order."""
         for slot in slots:
-            eid = slot.info.executor_id
             self.used_slots.add(slot.info.slot)
             spec = TaskSpec(self.call.task_id, self.attempt, self.call.name)
             try:
                 ref = self.invoke(slot, spec)
             except Exception as exc:
                 ref = exc
-            self.pool.inflight[eid] += 1
-            self.running.add(asyncio.ensure_future(self._collect(slot, spec, ref)))
+            sent = self.v._send(slot, ref)
+            self.pending[slot.info.executor_id] = sent
+            self.running.add(asyncio.ensure_future(self._collect(slot, spec, sent)))
         if slots:
             self.attempt += 1
 
-    async def _collect(self, slot: Slot, spec: TaskSpec, ref: Any) -> Outcome:
-        eid = slot.info.executor_id
-        try:
-            out = await self.v._receive(slot, spec, ref, self.policy.timeout_s)
-        finally:
-            self.pool.inflight[eid] -= 1
-            if self.pool.inflight[eid] <= 0:
-                del self.pool.inflight[eid]
+    async def _collect(self, slot: Slot, spec: TaskSpec, sent: _Sent) -> Outcome:
+        out = await self.v._receive(slot, spec, sent, self.policy.timeout_s)
+        self.pending.pop(slot.info.executor_id, None)
         if self.on_outcome is not None:
             self.on_outcome(out)
         if not out.comparable:
@@ -701,6 +905,7 @@ class _Replication:
         )
         if record.accepted.status is Status.ERROR:
             counters["user_errors"] += 1
+            raise _agreed_exception(record.accepted, self.call.name)
         return accepted_result(record), cert
 
     def _no_verdict(self, decision: Decision) -> Exception:
@@ -834,6 +1039,62 @@ async def _arguments_ready(args: list, kwargs: dict) -> None:
     for res in results:
         if isinstance(res, BaseException):
             raise res
+
+
+def _returns(value: WireValue, call: CallSpec) -> Any:
+    """The call's return value(s): one ``WireValue``, or ``num_returns`` items of it."""
+    n = call.num_returns
+    if n == 1:
+        return value
+    length = sequence_length(value.data)
+    if length != n:
+        what = "a value that is not a list or tuple" if length is None else f"{length} items"
+        raise ConfigError(
+            f"{call.name} was declared with num_returns={n} but the replicas agree it returned "
+            f"{what}. Return a tuple of {n} values, or drop num_returns."
+        )
+    return [WireItem(value.data, i) for i in range(n)]
+
+
+def _agreed_exception(rep: Outcome, name: str) -> BaseException:
+    """The exception a quorum agreed user code raised, shown with the user's own frames.
+
+    Raised as a ``RayTaskError`` whose traceback is the representative's (bft-ray's frames
+    removed, made safe to print): ``ray.get`` and ``bft_ray.get`` then show the user's file,
+    function and line as Ray does for a failed task, and the error is still an instance of the
+    user's exception type.
+    """
+    exc = user_exception(rep.canonical, rep.executor_id)
+    text = reported_traceback(rep.note, rep.executor_id) if rep.note else f"{exc!r}"
+    return RayTaskError(name, text, exc, proctitle=f"ray::{name}() [verified]")
+
+
+@dataclasses.dataclass
+class _Sent:
+    """Work submitted to one executor: its answer future and when its time limit started."""
+
+    executor_id: str
+    answer: Any  # asyncio future of the answer bytes, or the exception the submission raised
+    started: asyncio.Future  # resolves to the monotonic time its time limit started
+
+
+async def _answer_within(sent: _Sent, timeout: float) -> Any:
+    """The answer, waiting without limit while queued and at most ``timeout`` once started."""
+    fut = sent.answer
+    if not sent.started.done():
+        await asyncio.wait([fut, sent.started], return_when=asyncio.FIRST_COMPLETED)
+    if fut.done():
+        return fut.result()
+    remaining = sent.started.result() + timeout - time.monotonic()
+    return await asyncio.wait_for(fut, timeout=max(remaining, 0.0))
+
+
+def _submit(method: Any, *args: Any, **kwargs: Any) -> Any:
+    """``method.remote(...)``, or the exception a failed submission raised."""
+    try:
+        return method.remote(*args, **kwargs)
+    except Exception as exc:
+        return exc
 
 
 def _as_future(ref: Any) -> asyncio.Future:

@@ -77,7 +77,7 @@ def _verify(cert, keys, **kw) -> bool:
 def test_the_real_certificates_verify(certs, cluster):
     assert _verify(certs.a, certs.keys, value=VALUE)
     assert _verify(certs.b, certs.keys, value=VALUE)
-    assert _verify(certs.a, certs.keys, task_id=certs.ref_a.task_id, value=VALUE)
+    assert _verify(certs.a, certs.keys, task_id=bft_ray.task_id(certs.ref_a), value=VALUE)
     assert _verify(certs.a, certs.keys, executor_keys=cluster.executor_keys())
 
 
@@ -250,10 +250,10 @@ def test_every_rewrite_of_a_certificate_is_detected(certs, rewrite):
 def test_a_certificate_of_another_task_with_the_same_output_is_not_a_proof(certs):
     a, b = certs.a, certs.b
     assert a.digest == b.digest and a.task_id != b.task_id
-    assert _verify(b, certs.keys, task_id=certs.ref_b.task_id, value=VALUE)
-    assert _verify(b, certs.keys, task_id=certs.ref_a.task_id) is False
-    assert _verify(b, certs.keys, task_id=certs.ref_a.task_id, value=VALUE) is False
-    assert _verify(a, certs.keys, task_id=certs.ref_a.task_id)
+    assert _verify(b, certs.keys, task_id=bft_ray.task_id(certs.ref_b), value=VALUE)
+    assert _verify(b, certs.keys, task_id=bft_ray.task_id(certs.ref_a)) is False
+    assert _verify(b, certs.keys, task_id=bft_ray.task_id(certs.ref_a), value=VALUE) is False
+    assert _verify(a, certs.keys, task_id=bft_ray.task_id(certs.ref_a))
 
 
 @pytest.mark.parametrize("other", [8, 7.0, np.int64(7), True, "7", [7], None], ids=repr)
@@ -380,7 +380,7 @@ BAD_FIELDS = {
 def test_a_malformed_certificate_is_false_never_an_exception(certs, bad):
     forged = BAD_FIELDS[bad](certs.a)
     assert _verify(forged, certs.keys) is False
-    assert _verify(forged, certs.keys, task_id=certs.ref_a.task_id, value=VALUE) is False
+    assert _verify(forged, certs.keys, task_id=bft_ray.task_id(certs.ref_a), value=VALUE) is False
 
 
 @pytest.mark.parametrize(
@@ -413,7 +413,7 @@ def test_the_json_form_round_trips_and_verifies(certs):
     json.loads(text)  # plain JSON
     again = bft_ray.Certificate.from_json(text)
     assert again == certs.a
-    assert _verify(again, certs.keys, task_id=certs.ref_a.task_id, value=VALUE)
+    assert _verify(again, certs.keys, task_id=bft_ray.task_id(certs.ref_a), value=VALUE)
 
 
 def _edit(text, fn):
@@ -486,7 +486,7 @@ def test_a_process_that_never_ran_ray_checks_the_json(certs):
         {
             "cert": text,
             "forged": forged,
-            "task": certs.ref_a.task_id,
+            "task": bft_ray.task_id(certs.ref_a),
             "keys": [k.hex() for k in certs.keys],
         }
     )

@@ -170,7 +170,7 @@ def test_a_lookalike_never_passes_for_the_honest_value(cluster, liar, case):
     assert flags_of(before, after) == {LIAR: 1}, "an honest executor was flagged"
     cert = bft_ray.certificate(ref)
     assert bft_ray.verify_certificate(
-        cert, cluster.verifier_keys(), task_id=ref.task_id, value=value
+        cert, cluster.verifier_keys(), task_id=bft_ray.task_id(ref), value=value
     )
     liar_ids = {r["executor"] for r in cluster.report().by_index(LIAR)}
     assert not liar_ids & set(cert.signers), "the liar signs the certificate of the honest value"

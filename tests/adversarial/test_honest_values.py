@@ -62,7 +62,7 @@ def test_honest_edge_values_come_back_exactly(cluster, case):
     same(value, EDGE[case])
     cert = bft_ray.certificate(ref)
     assert bft_ray.verify_certificate(
-        cert, cluster.verifier_keys(), task_id=ref.task_id, value=value
+        cert, cluster.verifier_keys(), task_id=bft_ray.task_id(ref), value=value
     )
     assert flags_of(before, all_counts(cluster)) == {}
 

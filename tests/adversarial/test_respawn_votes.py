@@ -45,7 +45,7 @@ def heal(cluster):
 def check_slots(cluster, ref) -> bft_ray.Certificate:
     """The certificate verifies, and no slot signs twice in it."""
     cert = bft_ray.certificate(ref)
-    assert bft_ray.verify_certificate(cert, cluster.verifier_keys(), task_id=ref.task_id)
+    assert bft_ray.verify_certificate(cert, cluster.verifier_keys(), task_id=bft_ray.task_id(ref))
     index_of = executor_slot_index(cluster)
     signed = list(cert.agreeing) + [d.attestation for d in cert.dissenting if d.attestation]
     by_index = [index_of[a.executor_id] for a in signed]

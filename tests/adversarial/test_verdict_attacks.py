@@ -141,7 +141,7 @@ def test_a_lookalike_never_passes_for_the_honest_value(cluster, liar, kind):
     cert = bft_ray.certificate(ref)
     assert "ex4" not in cert.signers
     assert bft_ray.verify_certificate(
-        cert, cluster.verifier_keys(), task_id=ref.task_id, value=value
+        cert, cluster.verifier_keys(), task_id=bft_ray.task_id(ref), value=value
     )
 
 
@@ -309,9 +309,11 @@ def test_certificate_rewrites_and_replays_are_detected(cluster, liar):
         cert = bft_ray.certificate(ref_a)
         if any(d.attestation is not None for d in cert.dissenting):
             break
-    assert bft_ray.verify_certificate(cert, keys, task_id=ref_a.task_id, value=7)
+    assert bft_ray.verify_certificate(cert, keys, task_id=bft_ray.task_id(ref_a), value=7)
     # Replaying another task's certificate for the same output.
-    assert not bft_ray.verify_certificate(bft_ray.certificate(ref_b), keys, task_id=ref_a.task_id)
+    assert not bft_ray.verify_certificate(
+        bft_ray.certificate(ref_b), keys, task_id=bft_ray.task_id(ref_a)
+    )
     dissent = next(d for d in cert.dissenting if d.attestation is not None)
     agree = cert.agreeing[0]
     rewrites = {

@@ -16,6 +16,7 @@ def start_ray(num_cpus: int = 8, num_gpus: int = 8) -> None:
     if ray.is_initialized():
         ray.shutdown()
     ray.init(
+        address="local",  # never join a cluster someone started with `ray start`
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         include_dashboard=False,

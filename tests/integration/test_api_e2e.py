@@ -58,7 +58,7 @@ def test_honest_calls_return_the_value_and_a_valid_certificate(cluster):
     value = bft_ray.get(ref, timeout=60)
     np.testing.assert_allclose(value, a @ b)
     cert = bft_ray.certificate(ref)
-    assert cert.task_id == ref.task_id and cert.quorum == 2 and len(cert.agreeing) >= 2
+    assert cert.task_id == bft_ray.task_id(ref) and cert.quorum == 2 and len(cert.agreeing) >= 2
     assert bft_ray.verify_certificate(cert, cluster.verifier_keys(), value=value)
     assert bft_ray.verify_certificate(
         cert, cluster.verifier_keys(), executor_keys=cluster.executor_keys().values()
@@ -86,14 +86,14 @@ def test_certificate_checks_fail_on_tampering(cluster):
 
 def test_plain_object_ref_resolves_to_the_verified_value(cluster):
     ref = matmul.remote(np.eye(2), np.full((2, 2), 3.0))
-    np.testing.assert_array_equal(ray.get(ref.ref), np.full((2, 2), 3.0))
+    np.testing.assert_array_equal(ray.get(ref), np.full((2, 2), 3.0))
 
     @ray.remote
     def consume(x):
         return float(x.sum())
 
     # The value ref feeds ordinary Ray tasks, which only ever see the verified value.
-    assert ray.get(consume.remote(ref.ref)) == 12.0
+    assert ray.get(consume.remote(ref)) == 12.0
 
 
 def test_torch_outputs_and_cpu_fallback(cluster):

@@ -20,6 +20,7 @@ def test_demo_job_succeeds_through_the_job_api():
     if ray.is_initialized():
         ray.shutdown()
     ctx = ray.init(
+        address="local",
         num_cpus=8,
         num_gpus=4,
         include_dashboard=True,  # the job server lives in the dashboard

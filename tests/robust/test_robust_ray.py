@@ -52,6 +52,7 @@ def cluster():
     if ray.is_initialized():
         ray.shutdown()
     ray.init(
+        address="local",
         num_cpus=8,
         num_gpus=16,
         include_dashboard=False,
