@@ -1,10 +1,19 @@
 """Byzantine-robust data-parallel training on bft-ray executors; reports test accuracy per epoch.
 
 Runs on a local embedded Ray or on a cluster with ``ray job submit`` (the job joins it through
-``RAY_ADDRESS``)::
+``RAY_ADDRESS``; see docs/ray-cluster.md)::
 
-    python jobs/robust_training.py
-    ray job submit --working-dir . -- python jobs/robust_training.py --gpus-per-executor 0
+    .venv/bin/python jobs/robust_training.py
+    .venv/bin/ray job submit --address http://127.0.0.1:8265 \
+        --runtime-env-json '{"working_dir": ".", "excludes": [".venv", ".git"]}' \
+        -- python jobs/robust_training.py
+
+The executors are sized to the cluster unless ``--cpus-per-executor`` / ``--gpus-per-executor``
+are given. A local Ray is started with one logical CPU per executor (and, without GPUs, one
+logical GPU). On a cluster, each executor gets an equal share of the free CPUs (at most one) and
+one GPU when the cluster has a free GPU for every worker, none when it has no GPUs; a cluster
+with some GPUs but fewer than ``--workers`` is refused with what it needs and the flags that
+change it (sharing GPUs would make one faulty GPU several Byzantine workers).
 
 Each of ``--workers`` executors hosts one training worker (a shard of scikit-learn's digits
 and an MLP replica). The last ``--attackers`` (default ``--f``) executor slots are Byzantine: they carry
@@ -24,16 +33,20 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
+import os
 import sys
 import time
 from typing import Any
 
+import ray
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import bft_ray
 from bft_ray.errors import ConfigError
+from bft_ray.executor.pool import local_gpu_count
 from bft_ray.robust import RayTrainer, RayTrainResult, TrainConfig, attack_faults
 from bft_ray.robust._spec import parse_spec
 from bft_ray.robust.data import load_digits_dataset
@@ -97,13 +110,80 @@ def build_parser() -> argparse.ArgumentParser:
         help="rule trained afterwards on the same setup for comparison ('none' to skip)",
     )
     p.add_argument(
-        "--gpus-per-executor", type=float, default=1.0, help="0 on a cluster without GPUs"
+        "--gpus-per-executor",
+        type=float,
+        default=None,
+        help="GPUs per executor (default: sized to the cluster; 0 runs on CPUs)",
     )
-    p.add_argument("--cpus-per-executor", type=float, default=1.0)
+    p.add_argument(
+        "--cpus-per-executor",
+        type=float,
+        default=None,
+        help="CPUs per executor (default: sized to the cluster, at most 1)",
+    )
     p.add_argument("--min-accuracy", type=float, default=0.0, help="exit 1 below this")
     p.add_argument("--json", default=None, help="write the results to this file")
     p.add_argument("--verbose", "-v", action="store_true")
     return p
+
+
+def _gpu_shortage(workers: int, total: float, free: float) -> str:
+    return (
+        f"{workers} workers need {workers} GPUs at one GPU per executor, but the Ray cluster has "
+        f"{total:g} ({free:g} free). Pass --gpus-per-executor 0 to run on CPUs, "
+        f"--gpus-per-executor {math.floor(100 * free / workers) / 100:g} to share GPUs (one "
+        "faulty GPU then counts as several Byzantine workers), fewer --workers (with a --f the "
+        "rule tolerates), or add GPU nodes (on an autoscaling cluster, --gpus-per-executor 1 "
+        "waits for them)."
+    )
+
+
+def size_executors(args: argparse.Namespace) -> tuple[float, float, str]:
+    """GPUs and CPUs per executor, and a line saying how they were chosen.
+
+    Flags given on the command line are used as they are (``bft_ray.init`` refuses what does not
+    fit, saying so). Otherwise, on a local Ray (started by ``bft_ray.init`` with a logical CPU per
+    executor, and a logical GPU per executor on a machine without GPUs) each executor gets one of
+    each; on a cluster (``RAY_ADDRESS``, as under ``ray job submit``) each gets an equal share of
+    the free CPUs, at most one, and one GPU if the cluster has a free GPU for every worker, none
+    if it has no GPUs.
+
+    Raises:
+        ConfigError: When the cluster cannot hold ``--workers`` executors, with what it needs.
+    """
+    workers, gpus, cpus = args.workers, args.gpus_per_executor, args.cpus_per_executor
+    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        if gpus is None:
+            present = local_gpu_count()
+            if 0 < present < workers:
+                raise ConfigError(_gpu_shortage(workers, present, present))
+            gpus = 1.0
+        return gpus, 1.0 if cpus is None else cpus, "local Ray"
+    if not ray.is_initialized():
+        ray.init(address=os.environ["RAY_ADDRESS"])  # bft_ray.init then joins this Ray
+    total, free = ray.cluster_resources(), ray.available_resources()
+    if gpus is None:
+        total_gpus, free_gpus = total.get("GPU", 0.0), free.get("GPU", 0.0)
+        if free_gpus >= workers:
+            gpus = 1.0
+        elif total_gpus == 0:
+            gpus = 0.0
+        else:
+            raise ConfigError(_gpu_shortage(workers, total_gpus, free_gpus))
+    if cpus is None:
+        free_cpus = free.get("CPU", 0.0)
+        cpus = min(1.0, math.floor(100 * free_cpus / workers) / 100)
+        if cpus <= 0:
+            raise ConfigError(
+                f"{workers} workers need at least {workers / 100:g} free CPUs (0.01 each), but "
+                f"the Ray cluster has {free_cpus:g} free of {total.get('CPU', 0.0):g}. Free "
+                "CPUs, use fewer --workers, or add nodes."
+            )
+    how = (
+        f"sized to the cluster: {total.get('CPU', 0.0):g} CPUs and {total.get('GPU', 0.0):g} "
+        f"GPUs ({free.get('CPU', 0.0):g} and {free.get('GPU', 0.0):g} free)"
+    )
+    return gpus, cpus, how
 
 
 def run_one(
@@ -190,16 +270,28 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[bold red]configuration error:[/] {exc}")
         return 2
 
+    try:
+        gpus, cpus, sized = size_executors(args)
+        cluster = bft_ray.init(
+            executors=args.workers,
+            faults=faults,
+            gpus_per_executor=gpus,
+            cpus_per_executor=cpus,
+            num_cpus=max(8, args.workers + 2),  # local Ray only; ignored when joining a cluster
+            object_store_memory=512 * 1024**2,
+        )
+    except ConfigError as exc:
+        console.print(
+            f"[bold red]configuration error:[/] {exc}\n(this job's flags: --workers, --f, "
+            "--cpus-per-executor, --gpus-per-executor)"
+        )
+        return 2
     dataset = load_digits_dataset()
-    cluster = bft_ray.init(
-        executors=args.workers,
-        faults=faults,
-        gpus_per_executor=args.gpus_per_executor,
-        cpus_per_executor=args.cpus_per_executor,
-        num_cpus=max(8, args.workers + 2),  # local Ray only; ignored when joining a cluster
-        object_store_memory=512 * 1024**2,
-    )
     ready = time.perf_counter() - start
+    console.print(
+        f"executors: {args.workers} x ({cpus:g} CPU, {gpus:g} GPU), {sized}",
+        highlight=False,
+    )
     console.print(
         f"[bold]robust training on Ray[/]: {args.workers} executor-hosted workers, f={args.f}, "
         f"attack {args.attack!r} on slots {sorted(attack_faults(cfg))}, "
@@ -257,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as fh:
             json.dump(
                 {"args": {k: str(v) for k, v in vars(args).items()}, "wall_seconds": elapsed}
+                | {"executor_resources": {"CPU": cpus, "GPU": gpus, "sized": sized}}
                 | {"runs": {rule: r.to_dict() for rule, r in results.items()}},
                 fh,
                 indent=2,

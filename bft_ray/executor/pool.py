@@ -181,10 +181,15 @@ def _shortfall(bundle: dict[str, float], count: int) -> str:
     for res, amount in bundle.items():
         need = amount * count
         if total.get(res, 0.0) + 1e-9 < need:
+            fix = (
+                f"lower {'gpus' if res == 'GPU' else 'cpus'}_per_executor"
+                if res in ("CPU", "GPU")
+                else f"declare {res!r} on the nodes that may host executors (`ray start "
+                "--resources`, or `resources:` of a node type in cluster.yaml)"
+            )
             return (
                 f"{count} executors x {amount:g} {res} need {need:g} {res}, but the Ray "
-                f"cluster has {total.get(res, 0.0):g}. Use fewer executors, lower "
-                f"{'gpus' if res == 'GPU' else 'cpus'}_per_executor, or add nodes."
+                f"cluster has {total.get(res, 0.0):g}. Use fewer executors, {fix}, or add nodes."
             )
     return ""
 
