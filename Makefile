@@ -8,7 +8,7 @@ STAMP := $(VENV)/.bft-ray-installed
 export RAY_DEDUP_LOGS ?= 0
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test test-full bench bench-overhead bench-compare bench-consensus bench-robust lint format clean
+.PHONY: setup demo test test-full bench bench-overhead bench-compare bench-consensus bench-robust bench-throughput profile-verified lint format clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,7 @@ test: $(STAMP)
 test-full: $(STAMP)
 	BFT_RAY_FULL=1 $(BIN)/python -m pytest -q
 
-bench: bench-overhead bench-compare bench-consensus
+bench: bench-overhead bench-compare bench-consensus bench-throughput
 
 bench-overhead: $(STAMP)
 	$(BIN)/python benchmarks/bench_overhead.py
@@ -40,6 +40,12 @@ bench-compare: $(STAMP)
 
 bench-consensus: $(STAMP)
 	$(BIN)/python benchmarks/bench_consensus.py
+
+bench-throughput: $(STAMP)
+	$(BIN)/python benchmarks/bench_throughput.py
+
+profile-verified: $(STAMP)
+	$(BIN)/python benchmarks/profile_verified_path.py
 
 bench-robust: $(STAMP)
 	$(BIN)/python benchmarks/bench_robust.py

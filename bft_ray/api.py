@@ -125,6 +125,7 @@ class BftCluster:
         # The owner's capability: only the creating process may steer the verifier and executors.
         self._admin = admin_capability(setup.master) if setup is not None else None
         self._put_cache: dict[int, tuple[Any, ObjectRef, FunctionId]] = {}
+        self._registered: set[str] = set()  # function keys the verifier holds
         # Ray task id (hex) of each submission -> its bft-ray task id, for task_id()/certificate().
         self._task_ids: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._keep = 100_000
@@ -250,6 +251,19 @@ class BftCluster:
             hit = (obj, ray.put(obj), _function_id(obj))
             self._put_cache[key] = hit
         return hit[1], hit[2]
+
+    def _function_key(self, fn: Any) -> tuple[str, FunctionId]:
+        """The key under which the verifier holds ``fn``, registering it on first use.
+
+        Calls then carry only the key: a nested object ref in every call would make the
+        verifier a borrower of it each time (reference-counting messages per call).
+        """
+        ref, fn_id = self._put(fn)
+        key = ref.hex()
+        if key not in self._registered:
+            ray.get(self._verifier.register_function.remote(key, [ref]))
+            self._registered.add(key)
+        return key, fn_id
 
     def shutdown(self) -> None:
         """Stop the verifier and executors (and Ray, if :func:`init` started it).
@@ -887,7 +901,7 @@ class VerifiedFunction:
         _refuse_nested(f"{self.__qualname__}.remote()")
         cluster = current_cluster()
         _check_fits(self.policy, self._ray_options, cluster, self.__qualname__)
-        fn_ref, fn_id = cluster._put(self._fn)
+        fn_key, fn_id = cluster._function_key(self._fn)
         a, kw = _prepare_args(args, kwargs)
         task_id = _new_task_id(self.__name__)
         meta = CallMeta(task_id, self.__qualname__, fn_id, _args_digest(a, kw))
@@ -897,7 +911,7 @@ class VerifiedFunction:
         submit = cluster._verifier.submit
         if self.num_returns != 1:
             submit = submit.options(num_returns=self.num_returns)
-        refs = submit.remote(call, [fn_ref], a, kw)
+        refs = submit.remote(call, fn_key, a, kw)
         first = refs[0] if isinstance(refs, list) else refs
         cluster._remember(first.task_id().hex(), task_id)
         return refs

@@ -151,6 +151,9 @@ class TrustedVerifier:
         self._verdicts: OrderedDict[str, Any] = OrderedDict()
         self._background: set[asyncio.Task] = set()
         self._starts: dict[object, asyncio.Future] = {}  # lane token -> time-limit start
+        self._function_refs: dict[str, Any] = {}  # function key -> its object ref
+        self._outbox: dict[str, list] = {}  # executor id -> replicas waiting for the flush
+        self._flush_scheduled = False
         self._by_ray_task: OrderedDict[str, str] = OrderedDict()  # Ray task id -> task id
         self._waiting_args: set[str] = set()
         self._active: dict[str, _Replication] = {}
@@ -165,6 +168,8 @@ class TrustedVerifier:
             "user_errors": 0,
             "escalations": 0,
             "replacements": 0,
+            "batches": 0,  # executor calls that carried several replicas
+            "batched_replicas": 0,
         }
         for eid in self.pool.infos:
             self._register(eid)
@@ -184,22 +189,38 @@ class TrustedVerifier:
     async def executor_keys(self) -> dict[str, bytes]:
         return dict(self.pool.keys)
 
-    async def submit(self, call: CallSpec, fn_box: list, args: list, kwargs: dict) -> Any:
+    async def register_function(self, fn_key: str, fn_box: list) -> None:
+        """Hold a function's object ref under ``fn_key`` (boxed so Ray does not resolve it here).
+
+        Registered once per function and driver; calls then name it by key.
+        """
+        self._function_refs[fn_key] = fn_box[0]
+
+    async def submit(self, call: CallSpec, fn_key: str, args: list, kwargs: dict) -> Any:
         """Verify one function call.
 
-        ``fn_box`` holds the function's object ref, boxed in a list so Ray does not resolve it
-        here; ``args``/``kwargs`` hold values or object refs and are forwarded as top-level
+        ``fn_key`` names a function registered with :meth:`register_function`;
+        ``args``/``kwargs`` hold values or object refs and are forwarded as top-level
         arguments, so Ray resolves them on the executors, never in the verifier.
         """
-        fn_ref = fn_box[0]
-        fn_key = fn_ref.hex()
+        fn_ref = self._function_refs.get(fn_key)
+        if fn_ref is None:
+            raise ConfigError(f"{call.name}: function {fn_key} was never registered")
+
+        batchable = not any(isinstance(a, ray.ObjectRef) for a in (*args, *kwargs.values()))
 
         def invoke(slot: Slot, spec: TaskSpec) -> Any:
             eid = slot.info.executor_id
             # Until an executor has answered a call that carried the function, send it along:
             # a first call whose arguments failed never reached the executor.
             held = fn_key in self._functions_held.get(eid, ())
-            return slot.handle.run.options(**call.call_options).remote(
+            if held and batchable and not call.call_options:
+                # Goes out with other replicas for the same executor, in one Ray call.
+                return _Item(spec, fn_key, args, kwargs)
+            method = slot.handle.run
+            if call.call_options:
+                method = method.options(**call.call_options)
+            return method.remote(
                 self.pool.setup.capability(slot.index),
                 spec,
                 fn_key,
@@ -354,7 +375,10 @@ class TrustedVerifier:
             raise
 
         def invoke(slot: Slot, spec: TaskSpec) -> Any:
-            return slot.handle.call.options(**call.call_options).remote(
+            remote = slot.handle.call
+            if call.call_options:
+                remote = remote.options(**call.call_options)
+            return remote.remote(
                 self.pool.setup.capability(slot.index), spec, instance_id, method, *args, **kwargs
             )
 
@@ -665,22 +689,88 @@ class TrustedVerifier:
         Must be called right after the submission and before any later submission to the same
         executor: the lane's order is the order Ray runs the calls in.
         """
-        eid = slot.info.executor_id
         loop = asyncio.get_running_loop()
-        started = loop.create_future()
-        if isinstance(ref, BaseException):
-            started.set_result(time.monotonic())
-            return _Sent(eid, ref, started)
-        fut = _as_future(ref)
+        sent = _Sent(slot.info.executor_id, loop.create_future(), loop.create_future())
+        self._enter_lane(slot, ref, [sent])
+        return sent
+
+    def _enter_lane(self, slot: Slot, submitted: Any, sents: list[_Sent]) -> None:
+        """One Ray call answering ``sents`` (one ref each, or the submission's exception)."""
+        eid = slot.info.executor_id
+        if isinstance(submitted, BaseException):
+            for sent in sents:
+                sent.started.set_result(time.monotonic())
+                sent.answer.set_exception(submitted)
+            return
+        refs = submitted if isinstance(submitted, list) else [submitted]
         token = object()
+        started = sents[0].started
+        for sent in sents[1:]:
+            # One lane item: the batch starts as a whole and answers as a whole.
+            started.add_done_callback(_copy_into(sent.started))
         self._starts[token] = started
         if self.pool.lanes.enqueue(eid, token, time.monotonic()):
             started.set_result(time.monotonic())
-        fut.add_done_callback(lambda _f: self._answered(eid, token))
-        return _Sent(eid, fut, started)
+        for ref, sent in zip(refs, sents):
+            fut = _as_future(ref)
+            fut.add_done_callback(_copy_into(sent.answer))
+            fut.add_done_callback(lambda _f: self._answered(eid, token))
+
+    def _enqueue(self, slot: Slot, item: _Item) -> _Sent:
+        """Queue a function replica for ``slot``; it leaves with the others at the next flush.
+
+        Replicas queued for the same executor in one turn of the event loop (a burst of calls)
+        travel in one Ray call, which is most of the verified path's cost per replica.
+        """
+        loop = asyncio.get_running_loop()
+        sent = _Sent(slot.info.executor_id, loop.create_future(), loop.create_future())
+        self._outbox.setdefault(slot.info.executor_id, []).append((slot, item, sent))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return sent
+
+    def _flush(self) -> None:
+        """Send queued replicas: one Ray call per executor and batch, in queue order.
+
+        An executor runs one call at a time, so while it already has ``_PIPELINE`` calls in
+        flight, replicas for it wait here and leave together when one of those is answered:
+        under load, batches grow to ``_MAX_BATCH``; an idle executor gets its replica at once.
+        A queued replica's time limit has not started (it is not in the lane yet).
+        """
+        self._flush_scheduled = False
+        for eid in list(self._outbox):
+            queued = self._outbox[eid]
+            while queued and self.pool.lanes.depth(eid) < _PIPELINE:
+                chunk, queued[:] = queued[:_MAX_BATCH], queued[_MAX_BATCH:]
+                self._send_chunk(chunk)
+            if not queued:
+                del self._outbox[eid]
+
+    def _send_chunk(self, chunk: list) -> None:
+        slot = chunk[0][0]
+        cap = self.pool.setup.capability(slot.index)
+        if len(chunk) == 1:
+            _, item, sent = chunk[0]
+            ref = _submit(
+                slot.handle.run, cap, item.spec, item.fn_key, None, *item.args, **item.kwargs
+            )
+            self._enter_lane(slot, ref, [sent])
+            return
+        self.counters["batches"] += 1
+        self.counters["batched_replicas"] += len(chunk)
+        batch = [(it.spec, it.fn_key, it.args, it.kwargs) for _, it, _ in chunk]
+        refs = _submit(slot.handle.run_batch.options(num_returns=len(chunk)), cap, batch)
+        sents = [sent for _, _, sent in chunk]
+        for sent in sents:
+            sent.items = len(chunk)  # the batch's limit is the sum of its items'
+        self._enter_lane(slot, refs, sents)
 
     def _answered(self, eid: str, token: object) -> None:
         self._starts.pop(token, None)
+        if eid in self._outbox and not self._flush_scheduled:
+            self._flush_scheduled = True  # room in this executor's pipeline: send what waits
+            asyncio.get_running_loop().call_soon(self._flush)
         now = time.monotonic()
         for head in self.pool.lanes.finish(eid, token, now):
             started = self._starts.get(head)
@@ -698,12 +788,12 @@ class TrustedVerifier:
         expected = Expected(
             spec.task_id, spec.attempt, eid, slot.info.slot, self.pool.keys.get(eid)
         )
-        if isinstance(sent.answer, BaseException):
-            return admit(NoAnswer(Status.CRASHED, f"submit failed: {sent.answer}"), expected)
+        limit = timeout * sent.items
         try:
-            raw = await _answer_within(sent, timeout)
+            raw = await _answer_within(sent, limit)
         except asyncio.TimeoutError:
-            raw = NoAnswer(Status.TIMEOUT, f"no answer within {timeout:g}s of starting")
+            what = f" (a batch of {sent.items} replicas)" if sent.items > 1 else ""
+            raw = NoAnswer(Status.TIMEOUT, f"no answer within {limit:g}s of starting{what}")
         except BaseException as exc:
             raw = no_answer(exc)
         return admit(raw, expected)
@@ -828,7 +918,8 @@ class _Replication:
                 ref = self.invoke(slot, spec)
             except Exception as exc:
                 ref = exc
-            sent = self.v._send(slot, ref)
+            queued = isinstance(ref, _Item)
+            sent = self.v._enqueue(slot, ref) if queued else self.v._send(slot, ref)
             self.pending[slot.info.executor_id] = sent
             self.running.add(asyncio.ensure_future(self._collect(slot, spec, sent)))
         if slots:
@@ -1069,13 +1160,48 @@ def _agreed_exception(rep: Outcome, name: str) -> BaseException:
     return RayTaskError(name, text, exc, proctitle=f"ray::{name}() [verified]")
 
 
+# Most replicas one Ray call to an executor carries. A batch answers as a whole, so a stall in
+# it is caught after at most this many times timeout_s.
+_MAX_BATCH = 16
+# Calls in flight per executor before further replicas wait to be batched (2: the next batch is
+# already there when the executor finishes one, so batching never leaves it idle).
+_PIPELINE = 2
+
+
 @dataclasses.dataclass
 class _Sent:
     """Work submitted to one executor: its answer future and when its time limit started."""
 
     executor_id: str
-    answer: Any  # asyncio future of the answer bytes, or the exception the submission raised
+    answer: asyncio.Future  # the answer bytes (or the failure of the call or its submission)
     started: asyncio.Future  # resolves to the monotonic time its time limit started
+    items: int = 1  # replicas in the Ray call that carries it (its limit is items x timeout_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Item:
+    """A function replica whose executor holds the function and whose arguments are values."""
+
+    spec: TaskSpec
+    fn_key: str
+    args: list
+    kwargs: dict
+
+
+def _copy_into(target: asyncio.Future) -> Callable[[asyncio.Future], None]:
+    """A done-callback that copies a future's outcome into ``target`` (unless already done)."""
+
+    def copy(source: asyncio.Future) -> None:
+        if target.done():
+            return
+        if source.cancelled():
+            target.cancel()
+        elif source.exception() is not None:
+            target.set_exception(source.exception())
+        else:
+            target.set_result(source.result())
+
+    return copy
 
 
 async def _answer_within(sent: _Sent, timeout: float) -> Any:
