@@ -1014,7 +1014,7 @@ class VerifiedActorHandle:
         """Holders and the number of replicas rebuilt so far (``repairs``)."""
         try:
             return ray.get(
-                self._cluster._verifier.instance_info.remote(self.instance_id, [self._ready]),
+                self._cluster._verifier.instance_info.remote(self.instance_id),
                 timeout=timeout,
             )
         except ray.exceptions.RayTaskError as exc:
@@ -1031,9 +1031,7 @@ class VerifiedActorHandle:
         cluster = self._cluster
         if cluster.closed or self._close_token is None or not ray.is_initialized():
             return
-        ref = cluster._verifier.drop_instance.remote(
-            self._close_token, self.instance_id, [self._ready]
-        )
+        ref = cluster._verifier.drop_instance.remote(self._close_token, self.instance_id)
         if wait:
             ray.get(ref)
 
@@ -1087,7 +1085,7 @@ class VerifiedActorHandle:
             submit = cluster._verifier.call_method
             if num_returns != 1:
                 submit = submit.options(num_returns=num_returns)
-            refs = submit.remote(call, self.instance_id, [self._ready], seq, method, a, kw)
+            refs = submit.remote(call, self.instance_id, seq, method, a, kw)
         first = refs[0] if isinstance(refs, list) else refs
         cluster._remember(first.task_id().hex(), task_id)
         return refs

@@ -54,20 +54,24 @@ __all__ = [
 def pairwise_sq_distances(x: Tensor) -> Tensor:
     """Squared Euclidean distances between the rows of ``x``, shape ``(n, n)``, in float64.
 
-    Uses the Gram matrix (``|a|^2 + |b|^2 - 2 a.b``: one matmul instead of an ``(n, n, d)``
-    tensor) in float64 after translating the rows by the first one: the norms become the size of
-    the spread between vectors, so the subtraction does not cancel catastrophically, and small
-    integer inputs stay exact (hand-checkable ties).
+    Each entry is ``sum((x_i - x_j) ** 2)`` computed from the two rows alone, one row of the
+    matrix at a time (``n`` passes over an ``(n, d)`` difference, never an ``(n, n, d)``
+    tensor). So an entry's bits depend only on the two rows' values, never on their positions:
+    rules that rank by distances (Krum, Bulyan) give the same answer for any order of the
+    inputs, even at ties that only rounding separates. A Gram-matrix formula translated by the
+    first row did not (found by the permutation property test on Bulyan). Small integer inputs
+    stay exact (hand-checkable ties).
 
     Example:
         >>> pairwise_sq_distances(torch.tensor([[0.0, 0.0], [3.0, 4.0]])).tolist()
         [[0.0, 25.0], [25.0, 0.0]]
     """
     x64 = x.to(torch.float64)
-    c = x64 - x64[0]
-    sq = (c * c).sum(dim=1)
-    d2 = (sq[:, None] + sq[None, :] - 2.0 * (c @ c.T)).clamp_min(0.0)
-    d2.fill_diagonal_(0.0)
+    n = x64.shape[0]
+    d2 = torch.empty((n, n), dtype=torch.float64, device=x64.device)
+    for i in range(n):
+        diff = x64 - x64[i]
+        d2[i] = (diff * diff).sum(dim=1)
     return d2
 
 

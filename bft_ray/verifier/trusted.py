@@ -158,6 +158,8 @@ class TrustedVerifier:
         self._waiting_args: set[str] = set()
         self._active: dict[str, _Replication] = {}
         self._close_tokens: dict[str, bytes] = {}
+        self._ready: dict[str, asyncio.Future] = {}  # instance id -> built (see _instance_ready)
+        self._closed: set[str] = set()  # closed instance ids (later calls fail, not wait)
         self.spec = spec
         # Function keys each executor has confirmed holding (it answered a call carrying it).
         self._functions_held: dict[str, set[str]] = {}
@@ -256,6 +258,50 @@ class TrustedVerifier:
         replicas agree that the constructor raised, that is the user's error and is raised;
         a single executor claiming so is just a replica that failed to construct.
         """
+        ready = self._instance_ready(call.task_id)
+        try:
+            holders = await self._create_instance(call, cls_box, args, kwargs, close_token)
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
+        if not ready.done():
+            ready.set_result(None)
+        return holders
+
+    def _instance_ready(self, instance_id: str) -> asyncio.Future:
+        """Resolves once the instance is built (or fails with its construction error).
+
+        Method calls of the instance wait on it; it may be asked for before the construction
+        has started, since an async actor can start calls out of order.
+        """
+        fut = self._ready.get(instance_id)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # mark retrieved
+            self._ready[instance_id] = fut
+        return fut
+
+    async def _await_instance(self, instance_id: str, name: str) -> _Instance:
+        if instance_id in self._closed:
+            raise ExecutorUnavailableError(
+                f"{name}: the instance {instance_id!r} was closed (handle.close(), or its last "
+                "handle was dropped); create a new one."
+            )
+        await self._instance_ready(instance_id)
+        inst = self.instances.get(instance_id)
+        if inst is None:
+            raise ExecutorUnavailableError(f"{name}: the instance {instance_id!r} was closed")
+        return inst
+
+    async def _create_instance(
+        self,
+        call: CallSpec,
+        cls_box: list,
+        args: list,
+        kwargs: dict,
+        close_token: bytes | None,
+    ) -> list[str]:
         policy = call.policy
         quorum = int(policy.quorum or 1)
         await self._arguments_ready(call.task_id, args, kwargs)
@@ -330,7 +376,6 @@ class TrustedVerifier:
         self,
         call: CallSpec,
         instance_id: str,
-        ready_box: list,
         seq: int,
         method: str,
         args: list,
@@ -340,31 +385,23 @@ class TrustedVerifier:
 
         Ray may start an async actor's calls out of order, so the driver numbers the calls of
         each instance and the dispatch to executors happens strictly in that order; from there
-        Ray keeps per-caller order on each executor. ``ready_box`` holds the ref returned by
-        ``create_instance``: awaiting it orders the first call after the construction and
-        re-raises a failed construction.
+        Ray keeps per-caller order on each executor. Every call first waits for the
+        construction (and re-raises a failed one).
         """
         return await self._verdict(
-            call, self._call_method(call, instance_id, ready_box, seq, method, args, kwargs)
+            call, self._call_method(call, instance_id, seq, method, args, kwargs)
         )
 
     async def _call_method(
         self,
         call: CallSpec,
         instance_id: str,
-        ready_box: list,
         seq: int,
         method: str,
         args: list,
         kwargs: dict,
     ) -> tuple[Any, Callable[[], Certificate]]:
-        await _as_future(ready_box[0])
-        inst = self.instances.get(instance_id)
-        if inst is None:
-            raise ExecutorUnavailableError(
-                f"{call.name}: the instance {instance_id!r} was closed (handle.close(), or its "
-                "last handle was dropped); create a new one."
-            )
+        inst = await self._await_instance(instance_id, call.name)
         try:
             await self._arguments_ready(call.task_id, args, kwargs)
         except BaseException:
@@ -480,10 +517,9 @@ class TrustedVerifier:
         finally:
             self._waiting_args.discard(task_id)
 
-    async def instance_info(self, instance_id: str, ready_box: list) -> dict[str, Any]:
+    async def instance_info(self, instance_id: str) -> dict[str, Any]:
         """Current holders and repair count of a replicated instance."""
-        await _as_future(ready_box[0])
-        inst = self.instances[instance_id]
+        inst = await self._await_instance(instance_id, instance_id)
         return {"holders": list(inst.holders), "repairs": inst.repairs}
 
     def _repair(self, inst: _Instance) -> None:
@@ -530,20 +566,24 @@ class TrustedVerifier:
                 len(inst.log),
             )
 
-    async def drop_instance(
-        self, capability: bytes, instance_id: str, ready_box: list | None = None
-    ) -> bool:
+    async def drop_instance(self, capability: bytes, instance_id: str) -> bool:
         """Free a replicated instance: its replicas on the executors and its call log.
 
         ``capability`` is the instance's close token (held by the handle that created it) or
         the driver's capability. Calls already dispatched finish; later ones fail. Returns
         whether the instance existed.
         """
-        if ready_box:
-            try:
-                await _as_future(ready_box[0])  # closing waits for the construction
-            except Exception:
-                return False  # never built: nothing to free
+        deadline = time.monotonic() + 2.0
+        while instance_id not in self._ready and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # a close can overtake its create_instance; let it start
+        if instance_id not in self._ready:
+            self._authorise(capability)  # an unknown instance: only the driver may even ask
+            return False
+        try:
+            await self._instance_ready(instance_id)  # closing waits for the construction
+        except Exception:
+            self._ready.pop(instance_id, None)
+            return False  # never built: nothing to free
         token = self._close_tokens.get(instance_id)
         if not (
             isinstance(capability, bytes)
@@ -552,6 +592,8 @@ class TrustedVerifier:
         ):
             self._authorise(capability)
         self._close_tokens.pop(instance_id, None)
+        self._ready.pop(instance_id, None)
+        self._closed.add(instance_id)
         inst = self.instances.pop(instance_id, None)
         if inst:
             for eid in inst.holders:
@@ -788,10 +830,10 @@ class TrustedVerifier:
         expected = Expected(
             spec.task_id, spec.attempt, eid, slot.info.slot, self.pool.keys.get(eid)
         )
-        limit = timeout * sent.items
         try:
-            raw = await _answer_within(sent, limit)
+            raw = await _answer_within(sent, timeout)
         except asyncio.TimeoutError:
+            limit = timeout * sent.items
             what = f" (a batch of {sent.items} replicas)" if sent.items > 1 else ""
             raw = NoAnswer(Status.TIMEOUT, f"no answer within {limit:g}s of starting{what}")
         except BaseException as exc:
@@ -1205,13 +1247,17 @@ def _copy_into(target: asyncio.Future) -> Callable[[asyncio.Future], None]:
 
 
 async def _answer_within(sent: _Sent, timeout: float) -> Any:
-    """The answer, waiting without limit while queued and at most ``timeout`` once started."""
+    """The answer, waiting without limit while queued and at most ``timeout`` once started.
+
+    A replica that travels in a batch of ``k`` has ``k x timeout`` from the batch's start (the
+    batch size is known only once it was sent, so it is read after the start).
+    """
     fut = sent.answer
     if not sent.started.done():
         await asyncio.wait([fut, sent.started], return_when=asyncio.FIRST_COMPLETED)
     if fut.done():
         return fut.result()
-    remaining = sent.started.result() + timeout - time.monotonic()
+    remaining = sent.started.result() + timeout * sent.items - time.monotonic()
     return await asyncio.wait_for(fut, timeout=max(remaining, 0.0))
 
 
