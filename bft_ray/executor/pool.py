@@ -322,6 +322,8 @@ class ExecutorPool:
         # Work sent to each executor and not answered yet: its load, and when each item's
         # time limit starts (see bft_ray.executor.lanes).
         self.lanes = Lanes()
+        # Replicas assigned but still waiting in the verifier to be sent (batching): load too.
+        self.waiting: dict[str, int] = {}
         self._groups: list[PlacementGroup] = []  # placement groups added by grow()
         self._respawn_tasks: set[asyncio.Task] = set()
         self.respawn_timeout_s = 300.0
@@ -339,7 +341,10 @@ class ExecutorPool:
 
     def pick(self, key: str, k: int, exclude: set[str], avoid_nodes: set[str]) -> list[Slot]:
         """Up to ``k`` live executors for ``key``, from slots not in ``exclude``."""
-        chosen = assign(key, self.candidates(), k, exclude, avoid_nodes, self.lanes.load())
+        load = self.lanes.load()
+        for eid, n in self.waiting.items():
+            load[eid] = load.get(eid, 0) + n
+        chosen = assign(key, self.candidates(), k, exclude, avoid_nodes, load)
         return [self.by_id[c.executor_id] for c in chosen]
 
     def spare(self, exclude: set[str]) -> int:

@@ -16,11 +16,20 @@ none           behave honestly                          (baseline)
 sign_flip      ``-mean(honest)``                        Allen-Zhu et al., ICLR 2021
 ipm            ``-epsilon * mean(honest)``              Xie, Koyejo & Gupta, UAI 2019
 alie           ``mean(honest) - z * std(honest)``       Baruch, Baruch & Goldberg, NeurIPS 2019
+minmax         ``mean + gamma * p``, largest gamma      Shejwalkar & Houmansadr, NDSS 2021
+               keeping max distance to honest <= max
+               honest pairwise distance
+minsum         ``mean + gamma * p``, largest gamma      Shejwalkar & Houmansadr, NDSS 2021
+               keeping sum of squared distances <=
+               the largest honest one
 gaussian       i.i.d. ``N(mu, sigma^2)`` coordinates    (common baseline)
 mimic          copy of honest vector ``target``         Karimireddy, He & Jaggi, ICLR 2022
 nonfinite      all-NaN (or +-inf) vectors               (robustness to garbage)
 label_flip     train on labels ``y -> C - 1 - y``       (data poisoning baseline)
 =============  =======================================  ====================================
+
+"Fall of empires" (Xie, Koyejo & Gupta, UAI 2019) is the paper that introduced IPM: the name
+``foe`` is an alias of ``ipm`` (``make_attack("foe(epsilon=0.1)")``).
 
 Example:
     >>> import numpy as np
@@ -41,6 +50,7 @@ from torch import Tensor
 from bft_ray.errors import ConfigError
 from bft_ray.robust._spec import parse_spec
 from bft_ray.robust._tensors import to_matrix
+from bft_ray.robust.aggregators import pairwise_sq_distances
 
 __all__ = [
     "ALIE",
@@ -51,6 +61,8 @@ __all__ = [
     "GaussianNoise",
     "LabelFlip",
     "Mimic",
+    "MinMax",
+    "MinSum",
     "NoAttack",
     "NonFinite",
     "SignFlip",
@@ -243,6 +255,140 @@ class ALIE(VectorAttack):
         return mean - z * std
 
 
+_DIRECTIONS = ("std", "unit_vec", "sign")
+
+
+class _ScaledPerturbation(VectorAttack):
+    """Shared part of Min-Max and Min-Sum (Shejwalkar & Houmansadr, NDSS 2021).
+
+    Every Byzantine worker sends ``m = mu + gamma * p``: ``mu`` is the mean of the honest
+    vectors, ``p`` a perturbation direction, and ``gamma`` the largest scale for which
+    :meth:`_feasible` holds, found by binary search. ``gamma`` of the last call is
+    :attr:`last_gamma`.
+    """
+
+    def __init__(self, direction: str = "std", gamma_init: float = 10.0, tau: float = 1e-5) -> None:
+        key = str(direction).lower().replace("-", "_")
+        key = {"inverse_std": "std", "unit": "unit_vec", "inverse_unit_vector": "unit_vec"}.get(
+            key, key
+        )
+        if key not in _DIRECTIONS:
+            raise ConfigError(
+                f"{type(self).__name__} direction must be one of {', '.join(_DIRECTIONS)} "
+                f"(got {direction!r})"
+            )
+        if not gamma_init > 0 or not tau > 0:
+            raise ConfigError(
+                f"{type(self).__name__} needs gamma_init > 0 and tau > 0 (got {gamma_init}, {tau})"
+            )
+        self.direction = key
+        self.gamma_init = float(gamma_init)
+        self.tau = float(tau)
+        self._last_gamma = 0.0
+
+    @property
+    def last_gamma(self) -> float:
+        """The scale ``gamma`` chosen by the last call."""
+        return self._last_gamma
+
+    @staticmethod
+    def perturbation(honest: Tensor, direction: str = "std") -> Tensor:
+        """The direction ``p`` (float64): ``-std`` (sample std, ddof 1), ``-mu / ||mu||`` or
+        ``-sign(mu)``; zero where it is undefined (one honest vector, ``mu = 0``)."""
+        x = honest.to(torch.float64)
+        mu = x.mean(dim=0)
+        if direction == "std":
+            h = x.shape[0]
+            if h < 2:
+                return torch.zeros_like(mu)
+            return -((x - mu).pow(2).sum(dim=0) / (h - 1)).sqrt()
+        if direction == "unit_vec":
+            norm = mu.norm()
+            return -mu / norm if float(norm) > 0 else torch.zeros_like(mu)
+        return -torch.sign(mu)
+
+    def _feasible(self, sq_dist_to_honest: Tensor, pairwise: Tensor) -> bool:
+        raise NotImplementedError
+
+    def _vector(self, honest: Tensor, n_byz: int) -> Tensor:
+        x = honest.to(torch.float64)
+        mu = x.mean(dim=0)
+        p = self.perturbation(x, self.direction)
+        self._last_gamma = 0.0
+        if not float(p.norm()) > 0:  # no direction to move in (e.g. identical honest vectors)
+            return mu.to(honest.dtype)
+        pairwise = pairwise_sq_distances(x)
+
+        def feasible(gamma: float) -> bool:
+            diff = x - (mu + gamma * p)
+            return self._feasible((diff * diff).sum(dim=1), pairwise)
+
+        # The constraint holds at gamma = 0 and its left side is convex in gamma, so the feasible
+        # gammas are an interval [0, gamma*]: bracket gamma* by doubling from gamma_init (the
+        # paper's search cannot go past 1.5 * gamma_init), then halve the step down to tau.
+        lo, hi = 0.0, self.gamma_init
+        while feasible(hi):
+            lo, hi = hi, 2.0 * hi
+            if not math.isfinite(hi):
+                hi = lo
+                break
+        while hi - lo > self.tau:
+            mid = 0.5 * (lo + hi)
+            if mid in (lo, hi):  # float resolution reached
+                break
+            if feasible(mid):
+                lo = mid
+            else:
+                hi = mid
+        self._last_gamma = lo
+        return (mu + lo * p).to(honest.dtype)
+
+
+class MinMax(_ScaledPerturbation):
+    """Min-Max (Shejwalkar & Houmansadr 2021): ``mu + gamma * p`` with the largest ``gamma``
+    such that ``max_i ||m - x_i|| <= max_{i,j} ||x_i - x_j||`` over the honest vectors.
+
+    The Byzantine vector is no farther from any honest vector than the two most distant honest
+    vectors are from each other, so distance-based rules cannot tell it apart. ``gamma`` is
+    found by binary search to within ``tau`` (bracketed by doubling from ``gamma_init``); the
+    direction ``p`` is ``"std"`` (``-std``, the default), ``"unit_vec"`` (``-mu / ||mu||``) or
+    ``"sign"`` (``-sign(mu)``). The constraints are evaluated in float64.
+
+    Example:
+        >>> import numpy as np
+        >>> honest = np.array([[0.0, 0.0], [2.0, 0.0]])  # mu (1, 0), std (sqrt 2, 0)
+        >>> attack = MinMax(direction="unit_vec")  # p = (-1, 0): 1 + gamma <= 2
+        >>> attack(honest, n_byzantine=1).round(4).tolist(), round(attack.last_gamma, 4)
+        ([[0.0, 0.0]], 1.0)
+    """
+
+    name = "minmax"
+
+    def _feasible(self, sq_dist_to_honest: Tensor, pairwise: Tensor) -> bool:
+        return bool(sq_dist_to_honest.max() <= pairwise.max())
+
+
+class MinSum(_ScaledPerturbation):
+    """Min-Sum (Shejwalkar & Houmansadr 2021): ``mu + gamma * p`` with the largest ``gamma``
+    such that ``sum_i ||m - x_i||^2 <= max_i sum_j ||x_i - x_j||^2`` over the honest vectors.
+
+    The Byzantine vector's sum of squared distances to the honest vectors is no larger than that
+    of the most outlying honest vector. Search and directions as in :class:`MinMax`.
+
+    Example:
+        >>> import numpy as np
+        >>> honest = np.array([[0.0, 0.0], [2.0, 0.0]])  # (1 - gamma)^2 + (1 + gamma)^2 <= 4
+        >>> attack = MinSum(direction="unit_vec")
+        >>> attack(honest, n_byzantine=1).round(4).tolist(), round(attack.last_gamma, 4)
+        ([[0.0, 0.0]], 1.0)
+    """
+
+    name = "minsum"
+
+    def _feasible(self, sq_dist_to_honest: Tensor, pairwise: Tensor) -> bool:
+        return bool(sq_dist_to_honest.sum() <= pairwise.sum(dim=1).max())
+
+
 class GaussianNoise(VectorAttack):
     """Byzantine vectors with i.i.d. ``N(mu, sigma^2)`` coordinates, one draw per worker.
 
@@ -317,7 +463,18 @@ class NonFinite(VectorAttack):
 
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
-    for cls in (NoAttack, SignFlip, IPM, ALIE, GaussianNoise, Mimic, NonFinite, LabelFlip)
+    for cls in (
+        NoAttack,
+        SignFlip,
+        IPM,
+        ALIE,
+        MinMax,
+        MinSum,
+        GaussianNoise,
+        Mimic,
+        NonFinite,
+        LabelFlip,
+    )
 }
 _ATTACK_ALIASES = {
     "no_attack": "none",
@@ -326,6 +483,8 @@ _ATTACK_ALIASES = {
     "inner_product_manipulation": "ipm",
     "foe": "ipm",
     "a_little_is_enough": "alie",
+    "min_max": "minmax",
+    "min_sum": "minsum",
     "gaussian_noise": "gaussian",
     "noise": "gaussian",
     "nan": "nonfinite",

@@ -152,6 +152,9 @@ class TrustedVerifier:
         self._background: set[asyncio.Task] = set()
         self._starts: dict[object, asyncio.Future] = {}  # lane token -> time-limit start
         self._function_refs: dict[str, Any] = {}  # function key -> its object ref
+        # lane token -> (replicas in that Ray call, function key or None)
+        self._token_items: dict[object, tuple[int, str | None]] = {}
+        self._service: dict[str, float] = {}  # function key -> seconds per replica (average)
         self._outbox: dict[str, list] = {}  # executor id -> replicas waiting for the flush
         self._flush_scheduled = False
         self._by_ray_task: OrderedDict[str, str] = OrderedDict()  # Ray task id -> task id
@@ -736,7 +739,9 @@ class TrustedVerifier:
         self._enter_lane(slot, ref, [sent])
         return sent
 
-    def _enter_lane(self, slot: Slot, submitted: Any, sents: list[_Sent]) -> None:
+    def _enter_lane(
+        self, slot: Slot, submitted: Any, sents: list[_Sent], fn_key: str | None = None
+    ) -> None:
         """One Ray call answering ``sents`` (one ref each, or the submission's exception)."""
         eid = slot.info.executor_id
         if isinstance(submitted, BaseException):
@@ -751,6 +756,7 @@ class TrustedVerifier:
             # One lane item: the batch starts as a whole and answers as a whole.
             started.add_done_callback(_copy_into(sent.started))
         self._starts[token] = started
+        self._token_items[token] = (len(sents), fn_key)
         if self.pool.lanes.enqueue(eid, token, time.monotonic()):
             started.set_result(time.monotonic())
         for ref, sent in zip(refs, sents):
@@ -766,7 +772,9 @@ class TrustedVerifier:
         """
         loop = asyncio.get_running_loop()
         sent = _Sent(slot.info.executor_id, loop.create_future(), loop.create_future())
-        self._outbox.setdefault(slot.info.executor_id, []).append((slot, item, sent))
+        eid = slot.info.executor_id
+        self._outbox.setdefault(eid, []).append((slot, item, sent))
+        self.pool.waiting[eid] = self.pool.waiting.get(eid, 0) + 1
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
@@ -783,11 +791,24 @@ class TrustedVerifier:
         self._flush_scheduled = False
         for eid in list(self._outbox):
             queued = self._outbox[eid]
-            while queued and self.pool.lanes.depth(eid) < _PIPELINE:
-                chunk, queued[:] = queued[:_MAX_BATCH], queued[_MAX_BATCH:]
+            # Batch only replicas that run for less than _BATCH_BELOW_S: for them Ray's cost per
+            # call dominates; a longer replica gains nothing from it and, since a batch
+            # answers as a whole, would hold back the answers batched with it.
+            # A function not measured yet is not batched.
+            short = self._service.get(queued[0][1].fn_key, 1.0) < _BATCH_BELOW_S
+            while queued and (not short or self.pool.lanes.depth(eid) < _PIPELINE):
+                size, fn_key = (_MAX_BATCH if short else 1), queued[0][1].fn_key
+                n = 1
+                while n < min(size, len(queued)) and queued[n][1].fn_key == fn_key:
+                    n += 1  # a batch holds one function, whose timing it then measures
+                chunk, queued[:] = queued[:n], queued[n:]
                 self._send_chunk(chunk)
+                if queued:
+                    short = self._service.get(queued[0][1].fn_key, 1.0) < _BATCH_BELOW_S
+            self.pool.waiting[eid] = len(queued)
             if not queued:
                 del self._outbox[eid]
+                del self.pool.waiting[eid]
 
     def _send_chunk(self, chunk: list) -> None:
         slot = chunk[0][0]
@@ -797,7 +818,7 @@ class TrustedVerifier:
             ref = _submit(
                 slot.handle.run, cap, item.spec, item.fn_key, None, *item.args, **item.kwargs
             )
-            self._enter_lane(slot, ref, [sent])
+            self._enter_lane(slot, ref, [sent], item.fn_key)
             return
         self.counters["batches"] += 1
         self.counters["batched_replicas"] += len(chunk)
@@ -806,9 +827,15 @@ class TrustedVerifier:
         sents = [sent for _, _, sent in chunk]
         for sent in sents:
             sent.items = len(chunk)  # the batch's limit is the sum of its items'
-        self._enter_lane(slot, refs, sents)
+        self._enter_lane(slot, refs, sents, chunk[0][1].fn_key)
 
     def _answered(self, eid: str, token: object) -> None:
+        began = self.pool.lanes.started_at(eid, token)
+        items, fn_key = self._token_items.pop(token, (1, None))
+        if began is not None and fn_key is not None:
+            # Time per replica of this function (moving average): decides batching.
+            per_item = (time.monotonic() - began) / items
+            self._service[fn_key] = 0.7 * self._service.get(fn_key, per_item) + 0.3 * per_item
         self._starts.pop(token, None)
         if eid in self._outbox and not self._flush_scheduled:
             self._flush_scheduled = True  # room in this executor's pipeline: send what waits
@@ -1208,6 +1235,8 @@ _MAX_BATCH = 16
 # Calls in flight per executor before further replicas wait to be batched (2: the next batch is
 # already there when the executor finishes one, so batching never leaves it idle).
 _PIPELINE = 2
+# Replicas that take longer than this on their executor are not batched.
+_BATCH_BELOW_S = 0.005
 
 
 @dataclasses.dataclass

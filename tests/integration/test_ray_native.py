@@ -378,3 +378,37 @@ def test_an_unschedulable_upstream_argument_waits_and_names_the_cause(cluster):
     with pytest.raises(ray.exceptions.TaskCancelledError):
         bft_ray.get(ref, timeout=60)
     _honest_report(cluster)
+
+
+# -- batching of short replicas (keep last: it stalls and replaces an executor) ---------------
+
+
+def test_short_replicas_travel_in_batches_and_a_stall_in_a_batch_is_caught(cluster):
+    from bft_ray import faults
+
+    # A burst of trivial calls: replicas for one executor share Ray calls.
+    before = cluster.report().counters
+    values = bft_ray.get([add_one.remote(i) for i in range(300)], timeout=300)
+    assert values == [i + 1 for i in range(300)]
+    after = cluster.report().counters
+    assert after["batches"] > before["batches"]
+    assert after["batched_replicas"] - before["batched_replicas"] >= 2 * (
+        after["batches"] - before["batches"]
+    )
+    _honest_report(cluster)
+
+    # Now one executor stalls every replica: the batch it holds runs past items x timeout_s,
+    # is timed out, the executor is replaced, and every call still gets its value.
+    @bft_ray.verified_remote(replicas=3, timeout_s=0.5)
+    def quick(i):
+        return i
+
+    assert bft_ray.get([quick.remote(i) for i in range(60)], timeout=120) == list(range(60))
+    cluster.inject_fault(1, faults.slow(30.0))
+    try:
+        refs = [quick.remote(i) for i in range(60)]
+        assert bft_ray.get(refs, timeout=300) == list(range(60))
+        rows = cluster.report().by_index(1)
+        assert sum(r["timeouts"] for r in rows) >= 1
+    finally:
+        cluster.inject_fault(1, "honest")
