@@ -58,6 +58,8 @@ ATTACKS = [
     "ipm(epsilon=0.1)",
     "ipm(epsilon=10)",
     "alie",
+    "minmax",
+    "minsum",
     "gaussian(sigma=1)",
     "mimic",
     "label_flip",

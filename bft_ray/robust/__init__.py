@@ -35,6 +35,8 @@ from bft_ray.robust.attacks import (
     GaussianNoise,
     LabelFlip,
     Mimic,
+    MinMax,
+    MinSum,
     NoAttack,
     NonFinite,
     SignFlip,
@@ -87,6 +89,8 @@ from bft_ray.robust.training import (
 __all__ = [
     "AGGREGATORS",
     "ALIE",
+    "MinMax",
+    "MinSum",
     "ARC",
     "ATTACKS",
     "IPM",

@@ -114,6 +114,8 @@ def test_make_attack_names_and_arguments() -> None:
         "mimic",
         "nonfinite",
         "label_flip",
+        "minmax",
+        "minsum",
     }
     assert make_attack("ipm(epsilon=0.5)").epsilon == 0.5
     assert make_attack("IPM", epsilon=2).epsilon == 2.0
