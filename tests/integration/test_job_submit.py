@@ -106,6 +106,7 @@ def test_robust_training_refuses_a_cluster_short_of_gpus_saying_how_to_fix_it(da
     assert "--gpus-per-executor 0" in text and "fewer --workers" in text
 
 
+@pytest.mark.slow  # about a minute of training: `make test-full` runs it, keeping `make test` < 10 min
 def test_robust_training_sizes_its_executors_to_the_cluster(dashboard_url):
     # Default 15 workers x 1 CPU would need 15 CPUs; on 4 each executor gets a CPU share.
     status, logs = run_job(
