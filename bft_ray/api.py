@@ -115,6 +115,7 @@ class BftCluster:
         *,
         name: str = "default",
         verifier_keys: list[bytes] | None = None,
+        keep: int = 100_000,
     ) -> None:
         self.spec = spec
         self.name = name
@@ -128,7 +129,7 @@ class BftCluster:
         self._registered: set[str] = set()  # function keys the verifier holds
         # Ray task id (hex) of each submission -> its bft-ray task id, for task_id()/certificate().
         self._task_ids: collections.OrderedDict[str, str] = collections.OrderedDict()
-        self._keep = 100_000
+        self._keep = max(keep, 1)  # how many ref -> task id entries to remember
         self.closed = False
 
     @property
@@ -496,8 +497,7 @@ def init(
             spec=spec,
         )
     )
-    cluster = BftCluster(spec, verifier, started, setup, name=name)
-    cluster._keep = max(keep_certificates, 1)
+    cluster = BftCluster(spec, verifier, started, setup, name=name, keep=keep_certificates)
     with _lock:
         _cluster = cluster
     logger.info("bft-ray ready: %d executors, trusted verifier", spec.executors)

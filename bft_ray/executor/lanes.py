@@ -91,8 +91,3 @@ class Lanes:
     def load(self) -> dict[str, int]:
         """Executor id -> outstanding items, for load-aware assignment."""
         return {eid: len(lane) for eid, lane in self._lanes.items()}
-
-    def drop(self, executor_id: str) -> list[Hashable]:
-        """Forget an executor's lane (it was retired); returns the tokens it held."""
-        lane = self._lanes.pop(executor_id, None)
-        return list(lane or ())

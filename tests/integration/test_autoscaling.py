@@ -11,6 +11,7 @@ import time
 
 import pytest
 import ray
+from _support import cpu_head_cluster
 from ray.cluster_utils import Cluster
 
 import bft_ray
@@ -23,18 +24,7 @@ _STORE = 100 * 1024**2
 
 @pytest.fixture(scope="module")
 def late_cluster():
-    bft_ray.shutdown()
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "num_gpus": 0,
-            "include_dashboard": False,
-            "object_store_memory": _STORE,
-        },
-    )
+    cluster = cpu_head_cluster(_STORE)
     ray.init(address=cluster.address, log_to_driver=False)
     yield cluster
     bft_ray.shutdown()

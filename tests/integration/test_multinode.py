@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import ray
-from ray.cluster_utils import Cluster
+from _support import cpu_head_cluster
 
 import bft_ray
 
@@ -17,17 +17,7 @@ NODES = 3
 
 @pytest.fixture(scope="module")
 def multinode():
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "num_gpus": 0,
-            "include_dashboard": False,
-            "object_store_memory": 150 * 1024**2,
-        },
-    )
+    cluster = cpu_head_cluster(150 * 1024**2)
     workers = [
         cluster.add_node(num_cpus=2, num_gpus=2, object_store_memory=150 * 1024**2)
         for _ in range(NODES)

@@ -59,13 +59,6 @@ def test_unknown_and_repeated_finishes_are_ignored_and_duplicates_refused():
     assert lanes.depth("ex0") == 0 and lanes.load() == {}
 
 
-def test_drop_forgets_a_retired_executor():
-    lanes = Lanes()
-    lanes.enqueue("ex0", "a", now=0.0)
-    lanes.enqueue("ex0", "b", now=0.0)
-    assert lanes.drop("ex0") == ["a", "b"] and lanes.depth("ex0") == 0
-
-
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 5)), max_size=60))
 def test_exactly_the_head_of_each_lane_is_timed(ops):
     """Whatever the order of sends and answers, only the oldest outstanding item is running."""
