@@ -28,6 +28,7 @@ import itertools
 import logging
 import math
 import os
+import tempfile
 import threading
 import uuid
 from collections.abc import Sequence
@@ -48,6 +49,8 @@ from bft_ray.executor.pool import create_pool, local_gpu_count
 from bft_ray.report import Report
 from bft_ray.trust.reputation import QuarantinePolicy
 from bft_ray.verifier.certificate import Certificate, FunctionId
+from bft_ray.verifier.group import BftVerifier, GroupSetup
+from bft_ray.verifier.group import actor_name as group_actor_name
 from bft_ray.verifier.records import CallMeta
 from bft_ray.verifier.trusted import CallSpec, TrustedVerifier, admin_capability
 
@@ -130,6 +133,7 @@ class BftCluster:
         # Ray task id (hex) of each submission -> its bft-ray task id, for task_id()/certificate().
         self._task_ids: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._keep = max(keep, 1)  # how many ref -> task id entries to remember
+        self._group: list[Any] = []  # BFT mode: the verifier actors (owner only)
         self.closed = False
 
     @property
@@ -156,8 +160,31 @@ class BftCluster:
         return self.spec.executors
 
     def verifier_keys(self) -> list[bytes]:
-        """Public keys whose signatures make a certificate valid."""
+        """Public keys whose signatures make a certificate valid (the whole group's in BFT mode).
+
+        ``bft_ray.verify_certificate(cert, cluster.verifier_keys())`` then requires ``2f + 1``
+        of them on a BFT certificate.
+        """
         return list(self._verifier_keys)
+
+    def verifier_status(self) -> list[dict[str, Any]]:
+        """BFT mode: each verifier's round, commits, pending claims, ledger and counters.
+
+        A verifier that cannot answer (crashed, or its node is gone) shows as
+        ``{"index": i, "error": ...}``.
+        """
+        out = []
+        for i, h in enumerate(self._group):
+            try:
+                out.append(ray.get(h.status.remote(), timeout=30))
+            except Exception as exc:
+                out.append({"index": i, "error": f"{type(exc).__name__}: {exc}"[:200]})
+        return out
+
+    def verifier_handles(self) -> list[Any]:
+        """BFT mode: the verifier actors' handles (owner only; for chaos tests)."""
+        self._need_owner("verifier_handles")
+        return list(self._group)
 
     def executor_keys(self) -> dict[str, bytes]:
         """Executor id -> Ed25519 public key, for every incarnation so far."""
@@ -285,6 +312,15 @@ class BftCluster:
             ray.get(self._verifier.shutdown.remote(self._admin), timeout=30)
         except Exception as exc:
             logger.debug("verifier shutdown: %s", exc)
+        for h in self._group:
+            try:
+                ray.get(h.shutdown.remote(), timeout=10)
+            except Exception:
+                pass
+            try:
+                ray.kill(h, no_restart=True)
+            except Exception:
+                pass
         try:
             ray.kill(self._verifier, no_restart=True)
         except Exception:
@@ -328,6 +364,8 @@ def init(
     keep_certificates: int = 20_000,
     quarantine_below: float = 0.3,
     quarantine_min_tasks: int = 4,
+    verifier_faults: dict[int, str] | None = None,
+    ledger_dir: str | None = None,
     **ray_init_kwargs: Any,
 ) -> BftCluster:
     """Start or join Ray, then create a bft-ray cluster or attach to the one running.
@@ -341,7 +379,9 @@ def init(
     Args:
         executors: Number of untrusted executor actors (default 4 for a new cluster; when
             attaching, leave it unset or give the running cluster's size).
-        verifiers: ``1`` for the trusted-verifier mode (the only mode in this version).
+        verifiers: ``1`` for the trusted-verifier mode (the driver's verifier decides), or
+            ``n = 3f + 1 >= 4`` for a BFT verifier group: every verdict is then rechecked by each
+            verifier, agreed through HotStuff rounds and certified by ``2f + 1`` of them.
         faults: Fault injection, executor index -> behaviour (see :mod:`bft_ray.faults`).
         address: Ray address to join. ``None`` joins ``RAY_ADDRESS`` if set (as under
             ``ray job submit``) or an already initialised Ray, else starts a local Ray.
@@ -363,6 +403,10 @@ def init(
         quarantine_below: Trust score under which a flagged executor stops receiving work; at
             most a minority of the pool is quarantined. ``0`` disables quarantine.
         quarantine_min_tasks: Outcomes an executor needs before it can be quarantined.
+        verifier_faults: BFT mode: Byzantine behaviour per verifier index, for tests and demos
+            (names in :data:`bft_ray.faults.VERIFIER_FAULTS`).
+        ledger_dir: BFT mode: where each verifier keeps its key and SQLite ledger (one file per
+            verifier; audit them with ``bft-ray audit DIR``). Default: a new temporary directory.
         **ray_init_kwargs: Passed to ``ray.init`` when bft-ray starts or joins Ray.
 
     Returns:
@@ -390,7 +434,11 @@ def init(
         executor_options=dict(executor_options or {}),
         quarantine_below=quarantine_below,
         quarantine_min_tasks=quarantine_min_tasks,
+        verifier_faults=dict(verifier_faults or {}),
+        ledger_dir=ledger_dir,
     )
+    for v_fault in spec.verifier_faults.values():
+        fault_lib.resolve_verifier_fault(v_fault)
     for spec_value in spec.faults.values():
         fault_lib.resolve(spec_value)  # unknown names fail here, in the driver
     if spec.executor_options:
@@ -497,11 +545,59 @@ def init(
             spec=spec,
         )
     )
-    cluster = BftCluster(spec, verifier, started, setup, name=name, keep=keep_certificates)
+    group: list[Any] = []
+    keys: list[bytes] | None = None
+    if spec.verifiers > 1:
+        try:
+            group, keys = _start_group(spec, name, verifier, admin_capability(setup.master))
+        except BaseException:
+            ray.kill(verifier, no_restart=True)
+            if started:
+                ray.shutdown()
+            raise
+    cluster = BftCluster(
+        spec, verifier, started, setup, name=name, keep=keep_certificates, verifier_keys=keys
+    )
+    cluster._group = group
     with _lock:
         _cluster = cluster
-    logger.info("bft-ray ready: %d executors, trusted verifier", spec.executors)
+    mode = f"BFT group of {spec.verifiers} verifiers" if group else "trusted verifier"
+    logger.info("bft-ray ready: %d executors, %s", spec.executors, mode)
     return cluster
+
+
+def _start_group(
+    spec: ClusterSpec, name: str, dispatcher: Any, admin: bytes
+) -> tuple[list[Any], list[bytes]]:
+    """Start the BFT verifier actors, exchange their keys, and hand them to the dispatcher."""
+    n = spec.verifiers
+    ledger_dir = spec.ledger_dir or tempfile.mkdtemp(prefix=f"bft-ray-{name}-ledgers-")
+    dispatcher_key = ray.get(dispatcher.public_key.remote())
+    # Verifiers go on distinct nodes where the cluster offers a `verifier` resource (one per
+    # verifier node), else they are spread by Ray.
+    placed = ray.cluster_resources().get("verifier", 0) >= n
+    handles = []
+    for i in range(n):
+        fault = spec.verifier_faults.get(i)
+        options: dict[str, Any] = dict(
+            num_cpus=0,
+            name=group_actor_name(name, i),
+            namespace=NAMESPACE,
+            # A restarted verifier recovers from its ledger; an injected crash stays down.
+            max_restarts=0 if fault == "crash" else 3,
+            max_task_retries=0,
+        )
+        if placed:
+            options["resources"] = {"verifier": 1}
+        else:
+            options["scheduling_strategy"] = "SPREAD"
+        setup = GroupSetup(name, i, n, dispatcher_key, os.path.join(ledger_dir, f"v{i}"), fault)
+        handles.append(ray.remote(BftVerifier).options(**options).remote(setup))
+    keys = ray.get([h.public_key.remote() for h in handles], timeout=120)
+    ray.get([h.start.remote(keys) for h in handles], timeout=120)
+    ray.get(dispatcher.attach_group.remote(admin, handles, keys), timeout=60)
+    logger.info("bft-ray verifier group: n=%d, f=%d, ledgers in %s", n, (n - 1) // 3, ledger_dir)
+    return handles, keys
 
 
 def _actor_name(name: str) -> str:

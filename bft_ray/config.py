@@ -205,8 +205,8 @@ class ClusterSpec(_Model):
 
     Args:
         executors: Number of untrusted executor actors.
-        verifiers: ``1`` for the trusted-verifier mode (one verifier decides). Larger values
-            (``3f + 1``) are reserved for the BFT verifier group.
+        verifiers: ``1`` for the trusted-verifier mode (one verifier decides); ``n >= 4`` for a
+            BFT verifier group tolerating ``f = (n - 1) // 3`` Byzantine verifiers.
         gpus_per_executor: GPUs each executor actor holds (may be fractional, or 0 for CPU-only).
         cpus_per_executor: CPUs each executor actor reserves.
         faults: Fault injection, executor index -> behaviour name, spec or object.
@@ -215,6 +215,10 @@ class ClusterSpec(_Model):
         quarantine_below: Trust score under which a flagged executor stops receiving work
             (``0`` disables quarantine).
         quarantine_min_tasks: Outcomes an executor must have before it can be quarantined.
+        verifier_faults: BFT mode: verifier index -> Byzantine behaviour name
+            (:data:`bft_ray.faults.VERIFIER_FAULTS`).
+        ledger_dir: BFT mode: directory of the verifiers' keys and SQLite ledgers (default: a
+            new temporary directory).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -228,19 +232,26 @@ class ClusterSpec(_Model):
     executor_options: dict[str, Any] = Field(default_factory=dict)
     quarantine_below: float = Field(0.3, ge=0.0, le=1.0)
     quarantine_min_tasks: int = Field(4, ge=1)
+    verifier_faults: dict[int, str] = Field(default_factory=dict)
+    ledger_dir: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ClusterSpec:
-        if self.verifiers != 1:
-            f = (self.verifiers - 1) // 3
-            if self.verifiers < 4:
-                raise ValueError(
-                    f"verifiers={self.verifiers}: a BFT group needs n = 3f + 1 >= 4 verifiers "
-                    "to tolerate f >= 1 Byzantine ones. Use verifiers=1 (trusted mode) or >= 4."
-                )
+        if self.verifiers != 1 and self.verifiers < 4:
             raise ValueError(
-                f"verifiers={self.verifiers} (f={f}): the BFT verifier group is not available "
-                "in this version; use verifiers=1 (trusted-verifier mode)."
+                f"verifiers={self.verifiers}: a BFT group needs n = 3f + 1 >= 4 verifiers "
+                "to tolerate f >= 1 Byzantine ones. Use verifiers=1 (trusted mode) or >= 4."
+            )
+        bad_v = [i for i in self.verifier_faults if not 0 <= i < self.verifiers]
+        if bad_v:
+            raise ValueError(
+                f"verifier_faults name verifier indices {bad_v} but verifiers are "
+                f"0..{self.verifiers - 1}. Use indices inside that range."
+            )
+        if self.verifier_faults and self.verifiers == 1:
+            raise ValueError(
+                "verifier_faults need a BFT group (verifiers >= 4); the trusted verifier of "
+                "verifiers=1 is trusted by definition."
             )
         bad = [i for i in self.faults if not 0 <= i < self.executors]
         if bad:

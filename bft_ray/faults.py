@@ -496,3 +496,40 @@ def resolve(spec: Any) -> Behaviour:
         f"fault spec {spec!r} is neither a name, a Behaviour nor a callable. "
         f"Known faults: {', '.join(known_faults())}."
     )
+
+
+# -- Byzantine verifiers ------------------------------------------------------------------------
+
+VERIFIER_FAULTS: dict[str, str] = {
+    "honest": "follows the protocol",
+    "silent": "sends nothing and acknowledges nothing (a mute verifier)",
+    "crash": "exits after handling a few messages, and is not restarted",
+    "equivocate": "as leader, signs two different blocks for one round, one per half of the group",
+    "wrong_vote": "votes for every block and signs every committed verdict, checked or not",
+    "forge": "sends votes, proposals, timeouts and certificate signatures with bad signatures",
+    "censor": "as leader, proposes blocks that leave every pending claim out",
+    "bad_verdict": (
+        "as leader, proposes claims it rewrote: another representative, a dropped honest "
+        "output, an invented timeout"
+    ),
+}
+
+
+def resolve_verifier_fault(spec: Any) -> str:
+    """Validate a verifier behaviour name (``bft_ray.init(verifier_faults={i: name})``).
+
+    Example:
+        >>> resolve_verifier_fault("censor")
+        'censor'
+        >>> resolve_verifier_fault("lazy")
+        Traceback (most recent call last):
+        ...
+        bft_ray.errors.ConfigError: unknown verifier behaviour 'lazy'; known: bad_verdict, censor, crash, equivocate, forge, honest, silent, wrong_vote
+    """
+    from bft_ray.errors import ConfigError
+
+    if not isinstance(spec, str) or spec not in VERIFIER_FAULTS:
+        raise ConfigError(
+            f"unknown verifier behaviour {spec!r}; known: {', '.join(sorted(VERIFIER_FAULTS))}"
+        )
+    return spec

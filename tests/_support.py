@@ -18,7 +18,7 @@ def row_for_slot(report: bft_ray.Report, index: int) -> dict:
 
 # Verifier backends the shared verdict suite runs against (init keyword arguments). The BFT
 # verifier group adds itself here, so every verdict test runs against it too.
-VERIFIER_BACKENDS: dict[str, dict] = {"trusted": {"verifiers": 1}}
+VERIFIER_BACKENDS: dict[str, dict] = {"trusted": {"verifiers": 1}, "bft": {"verifiers": 4}}
 
 
 def cpu_head_cluster(object_store_memory: int) -> Cluster:

@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from .types import Block
 
-__all__ = ["Application", "NullApplication"]
+__all__ = ["Application", "NullApplication", "wants_to_propose"]
 
 
 @runtime_checkable
@@ -33,6 +33,20 @@ class Application(Protocol):
         it later), so a validator should judge the payload on its own.
         """
         ...
+
+
+def wants_to_propose(app: Application, round: int, parent: Block) -> bool:
+    """Whether ``app`` has something to propose now (optional hook ``should_propose``).
+
+    An application may define ``should_propose(round, parent) -> bool``; a leader whose
+    application answers ``False`` does not propose in that round until the transport calls
+    :meth:`~bft_ray.consensus.node.Node.poke` (new payload) or the round changes. Without the
+    hook a leader always proposes, as the simulator and Twins expect. Liveness is the
+    application's to keep: it must answer ``True`` while anything it holds is uncommitted,
+    including the empty blocks that carry the certificates committing earlier payloads.
+    """
+    hook = getattr(app, "should_propose", None)
+    return True if hook is None else bool(hook(round, parent))
 
 
 class NullApplication:

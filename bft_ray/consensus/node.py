@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from .app import Application, NullApplication
+from .app import Application, NullApplication, wants_to_propose
 from .blocktree import BlockTree, CommittedBlock
 from .config import NodeConfig
 from .crypto import CertificateVerifier, SignatureVerifier, Signer
@@ -280,6 +280,14 @@ class Node:
             self._retry_fetches()
         self._maybe_propose()
 
+    def poke(self) -> None:
+        """The application has new payload: propose now if this replica leads and has not.
+
+        Only matters for applications with a ``should_propose`` hook (see
+        :func:`~bft_ray.consensus.app.wants_to_propose`).
+        """
+        self._maybe_propose()
+
     def has_ready(self) -> bool:
         """True if :meth:`ready` has something to persist, send or apply."""
         return bool(
@@ -413,6 +421,8 @@ class Node:
         if r <= self._safety.data.last_voted_round:
             self._proposed_round = r  # already voted or timed out here (e.g. before a restart)
             return
+        if not wants_to_propose(self._app, r, parent):
+            return  # nothing to order yet; the transport pokes when payload arrives
         payload = self._app.propose_payload(r, parent)
         try:
             proposal = self._safety.propose(Block(r, qc, payload, self.index), tc)

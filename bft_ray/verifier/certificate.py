@@ -140,6 +140,10 @@ class Certificate:
         signatures: Verifier signatures over :meth:`body`.
         version: Format version (2).
         mode: ``"trusted"`` (one verifier) or ``"bft"`` (a verifier group).
+        block_round: BFT mode: round of the committed block holding the verdict (else 0).
+        block_id: BFT mode: id of that block (32 bytes; else empty). Each verifier signs only
+            after its replica committed the block, so ``2f + 1`` signatures mean at least
+            ``f + 1`` honest verifiers recomputed and committed this verdict.
     """
 
     task_id: str
@@ -158,6 +162,8 @@ class Certificate:
     signatures: tuple[VerifierSignature, ...] = ()
     version: int = VERSION
     mode: str = "trusted"
+    block_round: int = 0
+    block_id: bytes = b""
 
     # -- construction -----------------------------------------------------------------------
 
@@ -224,6 +230,8 @@ class Certificate:
         fields.append(len(self.executor_keys))
         for eid, key in self.executor_keys:
             fields += [eid, key]
+        if self.mode == "bft":
+            fields += [self.block_round, self.block_id]
         return encode_fields(_DOMAIN, *fields)
 
     def summary(self) -> str:
@@ -279,6 +287,8 @@ class Certificate:
                 for d in self.dissenting
             ],
             "executor_keys": [[eid, key.hex()] for eid, key in self.executor_keys],
+            "block_round": self.block_round,
+            "block_id": self.block_id.hex(),
             "signatures": [
                 {
                     "verifier_id": s.verifier_id,
@@ -421,6 +431,8 @@ def _from_data(data: Any) -> Certificate:
         signatures=tuple(sigs),
         version=_int(d["version"], "version"),
         mode=_text(d["mode"], "mode"),
+        block_round=_int(d["block_round"], "block_round"),
+        block_id=_hex(d["block_id"], "block_id"),
     )
 
 
@@ -442,8 +454,16 @@ def _shape(cert: Any) -> None:
         raise CertificateError(f"not a Certificate: {type(cert).__name__}")
     for name in ("task_id", "kind", "tolerance", "representative", "mode"):
         _text(getattr(cert, name), name)
-    for name in ("quorum", "compared", "version"):
+    for name in ("quorum", "compared", "version", "block_round"):
         _int(getattr(cert, name), name)
+    if type(cert.block_id) is not bytes:
+        raise CertificateError("block_id must be bytes")
+    if cert.mode == "bft":
+        _sized(cert.block_id, 32, "block_id")
+        if cert.block_round < 1:
+            raise CertificateError("a BFT certificate names the round of its committed block")
+    elif cert.block_id or cert.block_round:
+        raise CertificateError("only a BFT certificate names a committed block")
     if cert.version != VERSION:
         raise CertificateError(f"unknown certificate version {cert.version} (this is {VERSION})")
     if cert.mode not in MODES or cert.kind not in KINDS:
@@ -514,6 +534,9 @@ def _check(
         raise CertificateError("min_verifier_signatures must be an integer")
     needed = max(1, min_verifier_signatures)
     trusted = _keys(verifier_keys, "verifier_keys")
+    if cert.mode == "bft":
+        # A group certificate needs 2f + 1 of the group's n = len(verifier_keys) keys.
+        needed = max(needed, 2 * ((len(trusted) - 1) // 3) + 1)
     body = cert.body()
     good = {
         s.public_key
@@ -646,8 +669,10 @@ def verify_certificate(
         executor_keys: If given, the registry must agree with it: with a mapping (id -> key,
             e.g. ``cluster.executor_keys()``) each registered executor must map to its
             registered key; with an iterable of keys each registered key must be among them.
-        min_verifier_signatures: Distinct known verifier keys that must have signed (``2f + 1``
-            for a BFT group); at least 1.
+        min_verifier_signatures: Distinct known verifier keys that must have signed; at least
+            1. For a ``"bft"`` certificate at least ``2f + 1`` are always required, where
+            ``f = (len(verifier_keys) - 1) // 3``: pass the whole group's keys
+            (``cluster.verifier_keys()``).
         raise_on_failure: Raise :class:`~bft_ray.errors.CertificateError` with the reason
             instead of returning ``False``.
 

@@ -43,13 +43,14 @@ from ray.exceptions import RayTaskError
 from bft_ray.compare.diff import render_disagreement
 from bft_ray.compare.wire import WireItem, WireValue, sequence_length
 from bft_ray.config import Policy
-from bft_ray.crypto import SigningKey
+from bft_ray.crypto import SigningKey, verify_signature
 from bft_ray.errors import (
     CapabilityError,
     CertificateError,
     ConfigError,
     ExecutorUnavailableError,
     NoQuorumError,
+    VerificationError,
 )
 from bft_ray.executor import guard
 from bft_ray.executor.actor import TaskSpec, slot_capability
@@ -57,8 +58,11 @@ from bft_ray.executor.guard import no_answer
 from bft_ray.executor.pool import ExecutorPool, PoolSetup, Slot
 from bft_ray.trust.reputation import QuarantinePolicy, Reputation
 from bft_ray.verifier.admission import Expected, NoAnswer, Outcome, Status, admit, failed
-from bft_ray.verifier.certificate import Certificate
+from bft_ray.verifier.certificate import Certificate, VerifierSignature
+from bft_ray.verifier.claims import FAILURES, ReplicaClaim, VerdictClaim
 from bft_ray.verifier.decision import CallState, Decision, Judgement, Label, Step, VerdictRecord
+from bft_ray.verifier.group import certificate_body, fail_statement
+from bft_ray.verifier.recheck import judged
 from bft_ray.verifier.records import (
     CallMeta,
     accepted_result,
@@ -164,6 +168,10 @@ class TrustedVerifier:
         self._ready: dict[str, asyncio.Future] = {}  # instance id -> built (see _instance_ready)
         self._closed: set[str] = set()  # closed instance ids (later calls fail, not wait)
         self.spec = spec
+        # BFT mode: the verifier group that certifies every verdict (see attach_group).
+        self.group: list[Any] | None = None
+        self.group_keys: list[bytes] = []
+        self.certify_timeout_s = 120.0
         # Function keys each executor has confirmed holding (it answered a call carrying it).
         self._functions_held: dict[str, set[str]] = {}
         self.counters = {
@@ -190,6 +198,20 @@ class TrustedVerifier:
 
     async def public_key(self) -> bytes:
         return self._key.public_bytes
+
+    async def attach_group(
+        self, capability: bytes, handles: list, keys: list[bytes], timeout_s: float = 120.0
+    ) -> None:
+        """BFT mode: from now on every verdict is certified by this verifier group.
+
+        This actor then only dispatches and proposes: it signs each verdict as a claim
+        (:mod:`bft_ray.verifier.claims`), sends it to every verifier with the refs of the
+        answers, and returns a value only once ``2f + 1`` verifiers signed its certificate.
+        """
+        self._authorise(capability)
+        self.group = list(handles)
+        self.group_keys = list(keys)
+        self.certify_timeout_s = timeout_s
 
     async def executor_keys(self) -> dict[str, bytes]:
         return dict(self.pool.keys)
@@ -489,7 +511,7 @@ class TrustedVerifier:
         """What a process attaching to this verifier needs: spec facts and the verifier key."""
         return {
             "spec": self.spec,
-            "verifier_keys": [self._key.public_bytes],
+            "verifier_keys": list(self.group_keys) if self.group else [self._key.public_bytes],
             "executor_actor_ids": [s.handle._actor_id.hex() for s in self.pool.slots.values()],
         }
 
@@ -723,6 +745,72 @@ class TrustedVerifier:
 
     # -- bookkeeping shared by replications ------------------------------------------------
 
+    async def _certify(self, rep: _Replication, decision: Decision) -> Certificate | None:
+        """BFT mode: have the group commit this verdict; the certificate for an accepted one.
+
+        The claim goes to every verifier (a Byzantine leader cannot drop it unseen), each with
+        the refs of the answers so it reads them from the executors' objects itself. An accepted
+        verdict returns once ``2f + 1`` verifiers signed the same certificate body (each only
+        after committing the block that holds it); a failed one once ``f + 1`` signed that it
+        is committed.
+        """
+        assert self.group is not None
+        claim = rep.claim(decision)
+        entry = claim.sign(self._key).encode()
+        refs = [sent.ref for _, sent, _ in rep.trail.values() if sent.ref is not None]
+        acks = [_as_future(v.submit_claim.remote(entry, refs)) for v in self.group]
+        n = len(self.group_keys)
+        f = (n - 1) // 3
+        known = set(self.group_keys)
+        bodies: dict[tuple[int, bytes], Any] = {}
+        signed: dict[tuple[int, bytes], dict[bytes, bytes]] = {}
+        refusals = []
+        record = decision.record
+        assert record is not None
+        policy = rep.policy
+        try:
+            for next_ack in asyncio.as_completed(acks, timeout=self.certify_timeout_s):
+                try:
+                    ack = await next_ack
+                except Exception as exc:  # a crashed verifier: the others suffice
+                    refusals.append(f"a verifier failed: {type(exc).__name__}")
+                    continue
+                if not isinstance(ack, dict) or not ack.get("ok"):
+                    refusals.append(str(ack.get("reason") if isinstance(ack, dict) else ack))
+                    continue
+                pub, sig = ack.get("public_key"), ack.get("signature")
+                where = (ack.get("block_round"), ack.get("block_id"))
+                if pub not in known or not isinstance(sig, bytes) or not isinstance(where[0], int):
+                    continue
+                if claim.step == "fail":
+                    stmt = fail_statement(claim.task_id, where[0], where[1])
+                    if verify_signature(pub, stmt, sig):
+                        signed.setdefault(where, {})[pub] = sig
+                        if len(signed[where]) >= f + 1:
+                            return None
+                    continue
+                if where not in bodies:
+                    block = _BlockRef(where[0], where[1])
+                    bodies[where] = certificate_body(claim, record, policy, block)
+                body = bodies[where]
+                if verify_signature(pub, body.body(), sig):
+                    signed.setdefault(where, {})[pub] = sig
+                    if len(signed[where]) >= 2 * f + 1:
+                        sigs = tuple(
+                            VerifierSignature(f"verifier{self.group_keys.index(k)}", k, s)
+                            for k, s in sorted(
+                                signed[where].items(), key=lambda kv: self.group_keys.index(kv[0])
+                            )
+                        )
+                        return dataclasses.replace(body, signatures=sigs)
+        except asyncio.TimeoutError:
+            pass
+        raise VerificationError(
+            f"{rep.call.name} ({claim.task_id}): the verifier group did not certify the verdict "
+            f"within {self.certify_timeout_s:g}s ({len(refusals)} verifier(s) refused or "
+            f"failed: {'; '.join(refusals[:4]) or 'none'}). Check cluster.verifier_status()."
+        )
+
     def _register(self, eid: str) -> None:
         info = self.pool.infos.get(eid)
         if info is not None:
@@ -760,6 +848,7 @@ class TrustedVerifier:
         if self.pool.lanes.enqueue(eid, token, time.monotonic()):
             started.set_result(time.monotonic())
         for ref, sent in zip(refs, sents):
+            sent.ref = ref
             fut = _as_future(ref)
             fut.add_done_callback(_copy_into(sent.answer))
             fut.add_done_callback(lambda _f: self._answered(eid, token))
@@ -942,6 +1031,10 @@ class _Replication:
         self.attempt = 0
         self.started = time.monotonic()
         self.pending: dict[str, _Sent] = {}  # executor id -> replica not answered yet
+        # Every replica dispatched (slot, attempt, its _Sent, actor id) and, in feed order, what
+        # was seen of each: the claim the BFT group rechecks (see _claim).
+        self.trail: dict[tuple[str, int], tuple[Slot, _Sent, str]] = {}
+        self.fed: list[ReplicaClaim] = []
         verifier._active[call.task_id] = self
 
     def describe(self) -> str:
@@ -990,6 +1083,8 @@ class _Replication:
             queued = isinstance(ref, _Item)
             sent = self.v._enqueue(slot, ref) if queued else self.v._send(slot, ref)
             self.pending[slot.info.executor_id] = sent
+            actor = slot.handle._actor_id.hex() if self.v.group is not None else ""
+            self.trail[(slot.info.executor_id, self.attempt)] = (slot, sent, actor)
             self.running.add(asyncio.ensure_future(self._collect(slot, spec, sent)))
         if slots:
             self.attempt += 1
@@ -1008,7 +1103,7 @@ class _Replication:
         if len(picked) < k:
             # Contract of CallState: k replicas are counted as running; report the shortfall.
             for _ in range(k - len(picked)):
-                self.state.feed(
+                self._feed(
                     failed(
                         Expected(self.call.task_id, self.attempt, "-", "-", None),
                         Status.CRASHED,
@@ -1028,6 +1123,8 @@ class _Replication:
             if decision.step is Step.FAIL:
                 counters["failed"] += 1
                 assert decision.record is not None
+                if self.v.group is not None:
+                    await self.v._certify(self, decision)  # the failure is on the record too
                 self.v._apply(decision.record, self.instance)
                 raise self._no_verdict(decision)
             if decision.step is Step.REPLACE:
@@ -1048,11 +1145,15 @@ class _Replication:
             done, _ = await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 self.running.discard(task)
-                self.state.feed(task.result())
+                self._feed(task.result())
         record = decision.record
         assert record is not None and record.accepted is not None
         counters["accepted"] += 1
-        cert = self._issuer(record)
+        if self.v.group is not None:
+            group_cert = await self.v._certify(self, decision)
+            cert: Callable[[], Certificate] = lambda: group_cert  # noqa: E731
+        else:
+            cert = self._issuer(record)
         if self.running:
             self.v._track(self._judge_late())
         else:
@@ -1067,6 +1168,58 @@ class _Replication:
             counters["user_errors"] += 1
             raise _agreed_exception(record.accepted, self.call.name)
         return accepted_result(record), cert
+
+    def _feed(self, out: Outcome) -> None:
+        self.state.feed(out)
+        if self.v.group is None:
+            return
+        hit = self.trail.get((out.executor_id, out.attempt))
+        sent = hit[1] if hit is not None else None
+        oid = sent.ref.hex() if sent is not None and sent.ref is not None else ""
+        if out.comparable:
+            self.fed.append(ReplicaClaim(out.executor_id, out.slot, out.attempt, oid, "answered"))
+        else:
+            failure = out.status.value if out.status.value in FAILURES else "invalid"
+            self.fed.append(
+                ReplicaClaim(
+                    out.executor_id, out.slot, out.attempt, oid, "failed", failure, out.reason
+                )
+            )
+
+    def claim(self, decision: Decision) -> VerdictClaim:
+        """The claim of this call's verdict for the BFT group (replicas in feed order)."""
+        record = decision.record
+        assert record is not None
+        fed = {(r.executor_id, r.attempt) for r in self.fed}
+        replicas = list(self.fed)
+        for (eid, attempt), (slot, sent, _) in self.trail.items():
+            if (eid, attempt) not in fed:
+                oid = sent.ref.hex() if sent.ref is not None else ""
+                replicas.append(ReplicaClaim(eid, slot.info.slot, attempt, oid, "running"))
+        actors = {eid: actor for (eid, _), (_, _, actor) in self.trail.items()}
+        keys = self.pool.keys
+        executors = tuple(
+            (eid, keys[eid], actors.get(eid, ""))
+            for eid in sorted({r.executor_id for r in replicas} - {"-"})
+            if eid in keys
+        )
+        meta = self.call.meta or _default_meta(self.call)
+        rep = record.accepted
+        return VerdictClaim(
+            task_id=self.call.task_id,
+            name=self.call.name,
+            policy_json=self.policy.model_dump_json(),
+            function=(meta.function.module, meta.function.qualname, meta.function.code_digest),
+            args_digest=meta.args_digest,
+            tiebreak=record.tiebreak,
+            spare=self.spare(),
+            replicas=tuple(replicas),
+            step="accept" if rep is not None else "fail",
+            digest=rep.digest if rep is not None and rep.digest is not None else b"",
+            representative=rep.executor_id if rep is not None else "",
+            executors=executors,
+            judgements=judged(record),
+        )
 
     def _no_verdict(self, decision: Decision) -> Exception:
         name, tid = self.call.name, self.call.task_id
@@ -1125,6 +1278,14 @@ class _Replication:
                 continue
             self.state.judge_late(out)
         self.v._apply(self.state.final_record(), self.instance)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BlockRef:
+    """The round and id of a committed block, as a verifier's acknowledgement names it."""
+
+    round: int
+    id: bytes
 
 
 def _constructor_record(task_id: str, outs: list[Outcome], errors: bool) -> VerdictRecord:
@@ -1247,6 +1408,7 @@ class _Sent:
     answer: asyncio.Future  # the answer bytes (or the failure of the call or its submission)
     started: asyncio.Future  # resolves to the monotonic time its time limit started
     items: int = 1  # replicas in the Ray call that carries it (its limit is items x timeout_s)
+    ref: Any = None  # the ObjectRef carrying the answer (handed to the BFT verifiers)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -81,6 +81,8 @@ def fields(**over: Any) -> dict[str, Any]:
 
 
 def make(signers: tuple[int, ...] = (0,), mode: str = "trusted", **over: Any) -> Certificate:
+    if mode == "bft":
+        over = {"block_round": 5, "block_id": b"B" * 32, **over}
     cert = Certificate.unsigned(mode=mode, **fields(**over))
     for i in signers:
         cert = cert.signed_by(VK[i], f"verifier{i}")
@@ -228,7 +230,7 @@ SIGNED_ONLY: dict[str, Callable[[Certificate], Certificate]] = {
     "tiebreak": lambda c: replace(c, tiebreak=b"j" * 32),
     "compared (still a majority)": lambda c: replace(c, compared=5),
     "representative (another agreeing)": lambda c: replace(c, representative="ex0"),
-    "mode bft": lambda c: replace(c, mode="bft"),
+    "mode bft": lambda c: replace(c, mode="bft", block_round=3, block_id=b"B" * 32),
     "agreeing reordered": lambda c: replace(c, agreeing=c.agreeing[::-1]),
     "dissent outcome": lambda c: replace(
         c, dissenting=(replace(DISSENT, outcome="unaligned"), *c.dissenting[1:])
@@ -269,6 +271,17 @@ def test_verifier_vouched_fields_verify_when_re_signed(what):
     # Not a weakness: these are the verifier's own statements; the point is that the tests
     # above fail because of the signature, not by accident.
     assert ok(resign(SIGNED_ONLY[what](BASE))), what
+
+
+def test_bft_certificate_binds_its_committed_block():
+    cert = make(signers=(0, 1, 2), mode="bft")
+    assert verify_certificate(cert, VKEYS)
+    assert not verify_certificate(replace(cert, block_round=6), VKEYS)
+    assert not verify_certificate(replace(cert, block_id=b"C" * 32), VKEYS)
+    assert not verify_certificate(replace(cert, block_id=b""), VKEYS)  # malformed, never raises
+    # A trusted certificate names no block.
+    assert not ok(replace(BASE, block_round=1))
+    assert Certificate.from_json(cert.to_json()) == cert
 
 
 def test_tampered_verifier_signatures_fail():
@@ -336,7 +349,9 @@ def test_min_verifier_signatures_needs_distinct_known_keys():
     dup = make(signers=(0, 1, 1, 1), mode="bft")  # four signatures, two distinct keys
     assert len(dup.signatures) == 4
     assert not verify_certificate(dup, VKEYS, min_verifier_signatures=3)
-    assert verify_certificate(dup, VKEYS, min_verifier_signatures=2)
+    # A group certificate always needs 2f + 1 of the keys given, whatever the caller asks.
+    assert not verify_certificate(dup, VKEYS, min_verifier_signatures=2)
+    assert verify_certificate(dup, VKEYS[:2], min_verifier_signatures=2)
     with_rogue = make(signers=(0, 1), mode="bft").signed_by(ROGUE, "verifier2")
     assert not verify_certificate(with_rogue, [*VKEYS, b"x" * 32], min_verifier_signatures=3)
     one_bad = replace(

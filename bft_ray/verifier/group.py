@@ -1,0 +1,558 @@
+"""The BFT verifier actor: Ray transport around one :class:`~bft_ray.verifier.replica.VerifierReplica`.
+
+Each verifier is an async Ray actor with its own Ed25519 key (kept in its ledger directory, so
+a restarted verifier signs with the same key) and its own SQLite ledger. Everything that
+decides anything lives in the pure replica; this module only moves bytes:
+
+* ``deliver(sender, bytes)``: a consensus message from a peer, fire-and-forget. A proposal is
+  held until this verifier has rechecked every claim in it (it waits up to ``claim_wait_s`` for
+  the dispatcher's copy of a claim it has not seen), then stepped.
+* ``submit_claim(entry, refs)``: the dispatcher sends each claim to every verifier with the
+  object refs of the executors' answers (nested in a list, so Ray hands the refs over without
+  resolving them). The verifier reads each answer from the executor's own object, through the
+  deserialisation guard (an object is read only if the executor's actor produced it, and only
+  as raw bytes), rechecks the claim, offers it to the replica, and answers once the claim is
+  committed: with its signature over the BFT certificate body, or with why it will not sign.
+* A timer ticks the replica every ``tick_s`` while it holds uncommitted claims (an idle group
+  sends nothing), and after each step or tick the drain loop persists, sends, applies.
+
+Sends are ``peer.deliver.remote(...)`` calls whose results are never awaited: no blocking
+``ray.get`` anywhere on the hot path.
+
+Byzantine behaviours (``bft_ray.init(verifier_faults={index: name})``, names in
+:data:`bft_ray.faults.VERIFIER_FAULTS`) are implemented here, at the transport and
+application seams, never inside the consensus core.
+
+Example:
+    >>> GroupSetup("default", 0, 4, b"k" * 32, "/tmp/ledgers").ledger_path.name
+    'verifier-0.sqlite'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import blake3
+import ray
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bft_ray.config import Policy
+from bft_ray.consensus import (
+    Block,
+    Ed25519Signer,
+    Ed25519Verifier,
+    Node,
+    NodeConfig,
+    Outgoing,
+    Proposal,
+    Timeout,
+    ValidatorSet,
+    Vote,
+    decode_message,
+)
+from bft_ray.consensus.types import proposal_signing_bytes
+from bft_ray.crypto import SigningKey
+from bft_ray.executor import guard
+from bft_ray.verifier.admission import NoAnswer, Status
+from bft_ray.verifier.certificate import Certificate, FunctionId
+from bft_ray.verifier.claims import (
+    ClaimError,
+    ReplicaClaim,
+    SignedClaim,
+    VerdictClaim,
+    decode_payload,
+    encode_payload,
+)
+from bft_ray.verifier.recheck import Recheck, recheck
+from bft_ray.verifier.records import CallMeta, certificate_fields
+from bft_ray.verifier.replica import Committed, VerdictApp, VerifierReplica
+
+__all__ = [
+    "NAMESPACE",
+    "BftVerifier",
+    "GroupSetup",
+    "actor_name",
+    "certificate_body",
+    "fail_statement",
+]
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "bft_ray"
+_FAIL_DOMAIN = b"bft-ray/failed-verdict/v1"
+
+
+def actor_name(cluster: str, index: int) -> str:
+    """Ray name of verifier ``index`` of cluster ``cluster`` (in :data:`NAMESPACE`)."""
+    return f"bft-verifier:{cluster}:{index}"
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSetup:
+    """Static configuration of one verifier of the group.
+
+    Attributes:
+        cluster: The bft-ray cluster's name (peers are found by name).
+        index: This verifier's index in the group.
+        n: Group size (``3f + 1``).
+        dispatcher_key: Public key that signs every claim.
+        ledger_dir: Directory of this verifier's key, group file and SQLite ledger.
+        fault: Byzantine behaviour (``None`` or ``"honest"`` for none).
+        tick_s: Seconds per logical tick.
+        base_timeout_ticks: Ticks before a round with no progress times out.
+        max_timeout_ticks: Cap of the round timeout's back-off.
+        censor_after: Ticks a valid claim may wait before a block that leaves it out gets no
+            vote from this verifier.
+        claim_wait_s: How long a proposal waits for the dispatcher's copy of a claim.
+        read_timeout_s: How long reading one executor answer may take.
+        max_claims: Most claims per block.
+    """
+
+    cluster: str
+    index: int
+    n: int
+    dispatcher_key: bytes
+    ledger_dir: str
+    fault: str | None = None
+    tick_s: float = 0.05
+    base_timeout_ticks: int = 10
+    max_timeout_ticks: int = 160
+    censor_after: int = 30
+    claim_wait_s: float = 5.0
+    read_timeout_s: float = 60.0
+    max_claims: int = 256
+
+    @property
+    def ledger_path(self) -> Path:
+        return Path(self.ledger_dir) / f"verifier-{self.index}.sqlite"
+
+    @property
+    def key_path(self) -> Path:
+        return Path(self.ledger_dir) / f"verifier-{self.index}.key"
+
+    @property
+    def group_path(self) -> Path:
+        return Path(self.ledger_dir) / f"verifier-{self.index}.group.json"
+
+
+def certificate_body(claim: VerdictClaim, record: Any, policy: Policy, block: Block) -> Certificate:
+    """The unsigned BFT certificate of an accepted claim, from a recomputed record.
+
+    The dispatcher and every verifier build it from the same inputs, so they sign and check
+    the same bytes.
+    """
+    meta = CallMeta(claim.task_id, claim.name, FunctionId(*claim.function), claim.args_digest)
+    keys = {eid: key for eid, key, _ in claim.executors}
+    fields = certificate_fields(record, meta, policy.tolerance.describe(), keys)
+    return Certificate.unsigned(mode="bft", block_round=block.round, block_id=block.id, **fields)
+
+
+def fail_statement(task_id: str, block_round: int, block_id: bytes) -> bytes:
+    """What a verifier signs for a committed failed verdict."""
+    from bft_ray.crypto import encode_fields
+
+    return encode_fields(_FAIL_DOMAIN, task_id, block_round, block_id)
+
+
+class _FaultyApp(VerdictApp):
+    """Application seams of the Byzantine behaviours (see :data:`bft_ray.faults.VERIFIER_FAULTS`)."""
+
+    fault: str = "honest"
+
+    def offer(self, entry: bytes, result: Recheck) -> bool:
+        if self.fault == "wrong_vote" and not result.ok:
+            sc = self.decode(entry)
+            result = Recheck(result.verdict.__class__.VALID, record=None) if sc else result
+        return super().offer(entry, result)
+
+    def validate_payload(self, block: Block) -> bool:
+        if self.fault == "wrong_vote":
+            self._remember(block)
+            return True
+        return super().validate_payload(block)
+
+    def propose_payload(self, round: int, parent: Block) -> bytes:
+        payload = super().propose_payload(round, parent)
+        if self.fault == "censor":
+            return b""
+        if self.fault == "bad_verdict" and payload:
+            return encode_payload([_rewrite(e) for e in decode_payload(payload)])
+        return payload
+
+
+def _rewrite(entry: bytes) -> bytes:
+    """A claim rewritten by a Byzantine leader (keeping the dispatcher's signature)."""
+    sc = SignedClaim.decode(entry)
+    c = sc.claim
+    answered = [i for i, r in enumerate(c.replicas) if r.state == "answered"]
+    others = [r.executor_id for r in c.replicas if r.state == "answered"]
+    if c.step == "accept" and len(others) > 1:
+        rep = next(e for e in others if e != c.representative)
+        c2 = dataclasses.replace(c, representative=rep)  # another representative
+    elif answered:
+        reps = list(c.replicas)
+        r = reps[answered[0]]
+        reps[answered[0]] = ReplicaClaim(
+            r.executor_id, r.slot, r.attempt, r.object_id, "failed", "timeout", "invented"
+        )
+        c2 = dataclasses.replace(c, replicas=tuple(reps))  # an invented timeout
+    else:
+        c2 = dataclasses.replace(c, replicas=c.replicas[1:])  # a dropped replica
+    return SignedClaim(c2.encode(), sc.signature, c2).encode()
+
+
+class BftVerifier:
+    """One verifier of the BFT group (an async Ray actor; see the module docstring).
+
+    Args:
+        setup: Its configuration.
+    """
+
+    def __init__(self, setup: GroupSetup) -> None:
+        guard.install()
+        self.setup = setup
+        self.index = setup.index
+        self.fault = setup.fault or "honest"
+        Path(setup.ledger_dir).mkdir(parents=True, exist_ok=True)
+        seed = self._load_key()
+        self.key = SigningKey(Ed25519PrivateKey.from_private_bytes(seed))
+        self._seed = seed
+        self.replica: VerifierReplica | None = None
+        self._peers: dict[int, Any] = {}
+        self._waiters: dict[str, asyncio.Future] = {}
+        self._arrivals: dict[bytes, asyncio.Future] = {}
+        self._done: OrderedDict[str, Committed] = OrderedDict()
+        self._handled = 0
+        self._ticker: asyncio.Task | None = None
+        self.counters = {"claims": 0, "refused": 0, "committed": 0, "messages": 0, "sent": 0}
+        if setup.group_path.exists():
+            keys = [bytes.fromhex(k) for k in json.loads(setup.group_path.read_text())["keys"]]
+            self._start(keys)  # a restart: recover from the ledger
+
+    def _load_key(self) -> bytes:
+        path = self.setup.key_path
+        if path.exists():
+            return path.read_bytes()
+        seed = os.urandom(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(seed)
+        return seed
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    async def public_key(self) -> bytes:
+        return self.key.public_bytes
+
+    async def start(self, keys: list[bytes]) -> None:
+        """Join the group whose verifiers have ``keys`` (index order)."""
+        if self.replica is not None:
+            return
+        self.setup.group_path.write_text(json.dumps({"keys": [k.hex() for k in keys]}))
+        self._start(keys)
+
+    def _start(self, keys: list[bytes]) -> None:
+        from bft_ray.verifier.ledger import Ledger
+
+        validators = ValidatorSet(tuple(keys))
+        s = self.setup
+        ledger = Ledger(s.ledger_path, index=s.index, validators=validators, signing_key=self.key)
+        app = _FaultyApp(s.dispatcher_key, max_claims=s.max_claims, censor_after=s.censor_after)
+        app.fault = self.fault
+        node = Node(
+            NodeConfig(
+                s.index,
+                validators,
+                base_timeout_ticks=s.base_timeout_ticks,
+                max_timeout_ticks=s.max_timeout_ticks,
+            ),
+            Ed25519Signer(s.index, self._seed),
+            Ed25519Verifier(tuple(keys)),
+            app,
+            recovery=ledger.recovery(),
+        )
+        self.validators = validators
+        self.ledger = ledger
+        self.replica = VerifierReplica(node, app, ledger, rows=_rows)
+
+    def _ensure_ticker(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.setup.tick_s)
+            rep = self.replica
+            if rep is not None and rep.busy():
+                rep.tick()
+                self._pump()
+
+    # -- messages -------------------------------------------------------------------------
+
+    def _peer(self, i: int) -> Any:
+        h = self._peers.get(i)
+        if h is None:
+            h = ray.get_actor(actor_name(self.setup.cluster, i), namespace=NAMESPACE)
+            self._peers[i] = h
+        return h
+
+    def _send(self, out: Outgoing) -> None:
+        if self.fault == "silent":
+            return
+        targets = (
+            [out.to] if out.to is not None else [i for i in range(self.setup.n) if i != self.index]
+        )
+        msg = out.message
+        if self.fault == "forge":
+            msg = _forged(msg)
+        if self.fault == "equivocate" and isinstance(msg, Proposal) and out.to is None:
+            twin = self._twin(msg)
+            if twin is not None:
+                half = len(targets) // 2
+                self._post(targets[:half], msg)
+                self._post(targets[half:], twin)
+                return
+        self._post(targets, msg)
+
+    def _post(self, targets: list[int], msg: Any) -> None:
+        data = msg.encode()
+        for t in targets:
+            try:
+                self._peer(t).deliver.remote(self.index, data)
+                self.counters["sent"] += 1
+            except Exception as exc:  # a peer that is gone: consensus tolerates the loss
+                logger.debug("verifier %d: send to %d failed: %s", self.index, t, exc)
+                self._peers.pop(t, None)
+
+    def _twin(self, p: Proposal) -> Proposal | None:
+        b = p.block
+        entries = decode_payload(b.payload) if b.payload else []
+        other = encode_payload(entries[:-1]) if entries else encode_payload([b"x"])
+        twin = Block(b.round, b.qc, other, b.author)
+        sig = Ed25519Signer(self.index, self._seed).sign(
+            proposal_signing_bytes(self.validators.domain, twin.id)
+        )
+        return Proposal(twin, p.last_round_tc, sig)
+
+    def _pump(self) -> None:
+        rep = self.replica
+        assert rep is not None
+        sends, applied = rep.drain()
+        for out in sends:
+            self._send(out)
+        for c in applied:
+            self.counters["committed"] += 1
+            self._done[c.task_id] = c
+            if len(self._done) > 50_000:
+                self._done.popitem(last=False)
+            fut = self._waiters.pop(c.task_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(c)
+
+    async def deliver(self, sender: int, data: bytes) -> None:
+        """A consensus message from peer ``sender`` (fire-and-forget)."""
+        if self.replica is None:
+            return
+        self._handled += 1
+        self.counters["messages"] += 1
+        if self.fault == "crash" and self._handled > 40:
+            logger.warning("verifier %d crashes (injected fault)", self.index)
+            os._exit(1)
+        try:
+            msg = decode_message(data)
+        except Exception:
+            return
+        if isinstance(msg, Proposal) and msg.block.payload:
+            await self._await_claims(msg.block.payload)
+        self.replica.step(msg)
+        self._pump()
+        self._ensure_ticker()
+
+    async def _await_claims(self, payload: bytes) -> None:
+        try:
+            entries = decode_payload(payload)
+        except ClaimError:
+            return
+        app = self.replica.app  # type: ignore[union-attr]
+        waits = []
+        loop = asyncio.get_running_loop()
+        for e in entries:
+            if app.recheck_of(e) is None and app.decode(e) is not None:
+                key = blake3.blake3(e).digest()
+                fut = self._arrivals.get(key)
+                if fut is None:
+                    fut = self._arrivals[key] = loop.create_future()
+                waits.append(fut)
+        if waits:
+            await asyncio.wait(waits, timeout=self.setup.claim_wait_s)
+
+    # -- claims ---------------------------------------------------------------------------
+
+    async def submit_claim(self, entry: bytes, refs: list) -> dict:
+        """Recheck a claim, order it, and answer once it is committed (see the module doc)."""
+        rep = self.replica
+        if rep is None:
+            return {"index": self.index, "ok": False, "reason": "verifier not started"}
+        self._ensure_ticker()
+        self.counters["claims"] += 1
+        sc = rep.app.decode(entry)
+        if sc is None:
+            return {
+                "index": self.index,
+                "ok": False,
+                "reason": "claim not signed by the dispatcher",
+            }
+        if self.fault == "silent":
+            return {"index": self.index, "ok": False, "reason": "silent"}
+        answers = await self._read(sc.claim, {r.hex(): r for r in refs})
+        result = recheck(sc.claim, answers)
+        if not result.ok:
+            self.counters["refused"] += 1
+        done = self._done.get(sc.task_id)
+        if done is None:
+            rep.offer(entry, result)
+            fut = self._arrivals.pop(blake3.blake3(entry).digest(), None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            self._pump()
+            done = self._done.get(sc.task_id)
+        if done is None:
+            fut = self._waiters.get(sc.task_id)
+            if fut is None:
+                fut = self._waiters[sc.task_id] = asyncio.get_running_loop().create_future()
+            done = await fut
+        return self._ack(done, result)
+
+    async def _read(self, claim: VerdictClaim, refs: dict[str, Any]) -> dict[str, Any]:
+        """Each replica's answer, read from the executor's own object (never copied)."""
+        actors = {eid: aid for eid, _, aid in claim.executors}
+        out: dict[str, Any] = {}
+        reads = []
+        for r in claim.replicas:
+            ref = refs.get(r.object_id) if r.object_id else None
+            if ref is None or r.state == "running":
+                continue
+            actor = actors.get(r.executor_id, "")
+            try:
+                actor_bytes = bytes.fromhex(actor)
+            except ValueError:
+                actor_bytes = b""
+            if not actor_bytes or ref.task_id().actor_id().binary() != actor_bytes:
+                out[r.object_id] = NoAnswer(Status.INVALID, "object not produced by that executor")
+                continue
+            guard.guard_actor(actor_bytes)
+            if r.state == "failed":
+                ready, _ = ray.wait([ref], timeout=0, fetch_local=False)
+                if not ready:
+                    out[r.object_id] = NoAnswer(Status.TIMEOUT, "no answer when the claim arrived")
+                    continue
+            reads.append((r.object_id, ref))
+
+        async def read(oid: str, ref: Any) -> None:
+            try:
+                out[oid] = await asyncio.wait_for(
+                    asyncio.wrap_future(ref.future()), self.setup.read_timeout_s
+                )
+            except BaseException as exc:
+                out[oid] = guard.no_answer(exc)
+
+        await asyncio.gather(*(read(oid, ref) for oid, ref in reads))
+        return out
+
+    def _ack(self, done: Committed, result: Recheck) -> dict:
+        block = done.block
+        base = {"index": self.index, "block_round": block.round, "block_id": block.id}
+        if not result.ok and self.fault != "wrong_vote":
+            return {**base, "ok": False, "reason": result.reason}
+        claim = done.claim.claim
+        if claim.step == "fail":
+            sig = self.key.sign(fail_statement(claim.task_id, block.round, block.id))
+        elif result.record is None:  # wrong_vote signs what it never checked: nothing valid
+            sig = os.urandom(64)
+        else:
+            assert result.policy is not None
+            body = certificate_body(claim, result.record, result.policy, block).body()
+            sig = self.key.sign(body)
+        if self.fault == "forge":
+            sig = os.urandom(64)
+        return {**base, "ok": True, "public_key": self.key.public_bytes, "signature": sig}
+
+    # -- inspection -----------------------------------------------------------------------
+
+    async def status(self) -> dict:
+        """Round, commits, pending claims, reputation digest and counters (tests, CLI)."""
+        rep = self.replica
+        if rep is None:
+            return {"index": self.index, "started": False}
+        st = rep.node.status()
+        return {
+            "index": self.index,
+            "started": True,
+            "fault": self.fault,
+            "round": st.round,
+            "committed_round": st.committed_round,
+            "pending": rep.app.pending(),
+            "reputation_digest": rep.app.reputation_digest().hex(),
+            "ledger": str(self.setup.ledger_path),
+            "ledger_height": self.ledger.committed_height,
+            "counters": dict(self.counters),
+            "rejected": dict(rep.node.stats.rejected),
+            "public_key": self.key.public_bytes,
+        }
+
+    async def reputation(self) -> list[dict]:
+        rep = self.replica
+        return [] if rep is None else [r.as_row() for r in rep.app.reputation.records()]
+
+    async def shutdown(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self.replica is not None:
+            self.ledger.close()
+
+
+def _rows(applied: list[Committed]) -> list[Any]:
+    """Ledger rows of the claims of one committed block."""
+    from bft_ray.verifier.ledger import VerdictRow
+
+    rows = []
+    for c in applied:
+        claim = c.claim.claim
+        rows.append(
+            VerdictRow(
+                task_id=c.task_id,
+                entry=c.entry,
+                outcome="accepted" if claim.step == "accept" else "failed",
+                digest=claim.digest,
+                judgements=tuple(
+                    (
+                        j.executor_id,
+                        j.label,
+                        j.reason,
+                        None if j.attestation is None else j.attestation.to_dict(),
+                    )
+                    for j in claim.judgements
+                ),
+            )
+        )
+    return rows
+
+
+def _forged(msg: Any) -> Any:
+    """The same message with a signature that verifies under no key."""
+    bad = os.urandom(64)
+    if isinstance(msg, Vote | Proposal | Timeout):
+        return dataclasses.replace(msg, signature=bad)
+    return msg
+
+
+def _monotonic() -> float:
+    return time.monotonic()

@@ -1,0 +1,178 @@
+"""Recompute a claimed verdict from the answers a verifier read itself (pure, no Ray).
+
+Every BFT verifier runs this before it votes for a block, on every claim in it: the claim says
+which replicas were dispatched and what the dispatcher saw of each; the verifier has read each
+answer's bytes from the executor's own object (or observed that there was none when the claim
+reached it). Replaying them through the shared verdict path (:func:`admit` then
+:class:`CallState`) must give the claimed step, digest and representative, or the verifier
+refuses the block. The record it returns is the one the verifier applies to reputation and
+writes to its ledger: it is recomputed, never taken from the claim.
+
+What a verifier checks, and why each matters against a lying dispatcher or leader:
+
+* the policy parses and the replicas use distinct slots with registered keys;
+* an ``answered`` replica's bytes were read and admitted here (signature, task, attempt,
+  executor and slot recomputed), so an output cannot be invented or swapped;
+* a ``failed`` replica really had no usable answer when the claim arrived (a claim that an
+  honest executor timed out while its answer sat there is refused: an invented timeout);
+* replaying everything gives exactly the claimed verdict: a wrong representative, a dropped
+  honest output or a wrong digest changes the replay and is refused.
+
+Example:
+    >>> from bft_ray.verifier.recheck import Verdict
+    >>> Verdict.VALID.value
+    'valid'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+from bft_ray.config import Policy
+from bft_ray.verifier.admission import Expected, NoAnswer, Status, admit, failed
+from bft_ray.verifier.claims import Judged, VerdictClaim
+from bft_ray.verifier.decision import CallState, Judgement, Label, Step, VerdictRecord
+
+__all__ = ["Recheck", "Verdict", "judged", "recheck", "record_of"]
+
+_FAILURE_STATUS = {"crashed": Status.CRASHED, "timeout": Status.TIMEOUT, "invalid": Status.INVALID}
+
+
+class Verdict(enum.Enum):
+    """Whether a verifier may vote for a claim."""
+
+    VALID = "valid"
+    INVALID = "invalid"
+
+
+@dataclasses.dataclass(frozen=True)
+class Recheck:
+    """The result of rechecking one claim.
+
+    Attributes:
+        verdict: ``VALID`` when the replay gives exactly the claimed verdict.
+        reason: Why not, for ``INVALID``.
+        record: The recomputed verdict record (``VALID`` only).
+        policy: The parsed policy (``VALID`` only).
+    """
+
+    verdict: Verdict
+    reason: str = ""
+    record: VerdictRecord | None = None
+    policy: Policy | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict is Verdict.VALID
+
+
+def _invalid(reason: str) -> Recheck:
+    return Recheck(Verdict.INVALID, reason)
+
+
+def recheck(claim: VerdictClaim, answers: Mapping[str, Any]) -> Recheck:
+    """Replay ``claim`` on the answers this verifier read.
+
+    Args:
+        claim: The decoded claim (its dispatcher signature already checked).
+        answers: Object id hex -> what this verifier got for it: the raw answer bytes, or a
+            :class:`NoAnswer` when the object was not ready when the claim arrived, or had
+            failed. Objects not read at all are absent.
+
+    Returns:
+        A :class:`Recheck`; never raises on a malformed claim or answer.
+    """
+    try:
+        return _recheck(claim, answers)
+    except Exception as exc:  # a malformed claim must never crash the verifier
+        return _invalid(f"claim could not be replayed: {type(exc).__name__}: {exc}")
+
+
+def _recheck(claim: VerdictClaim, answers: Mapping[str, Any]) -> Recheck:
+    try:
+        policy = Policy.model_validate_json(claim.policy_json)
+    except Exception as exc:
+        return _invalid(f"policy does not parse: {exc}")
+    keys = {eid: key for eid, key, _ in claim.executors}
+    if len(keys) != len(claim.executors):
+        return _invalid("an executor is registered twice")
+    slots = [r.slot for r in claim.replicas if r.executor_id != "-"]
+    if len(set(slots)) != len(slots):
+        return _invalid("two replicas on one slot")
+    if len(claim.replicas) > int(policy.max_replicas or policy.replicas) + policy.replicas:
+        return _invalid("more replicas than the policy allows")
+    state = CallState(claim.task_id, policy, claim.tiebreak)
+    state.start(len(claim.replicas))
+    for r in claim.replicas:
+        expected = Expected(
+            claim.task_id, r.attempt, r.executor_id, r.slot, keys.get(r.executor_id)
+        )
+        if r.executor_id != "-" and r.executor_id not in keys:
+            return _invalid(f"replica on {r.executor_id} names an unregistered executor")
+        if r.state == "running":
+            continue
+        got = answers.get(r.object_id) if r.object_id else None
+        if r.state == "answered":
+            if not isinstance(got, bytes):
+                return _invalid(f"the answer of {r.executor_id} could not be read here")
+            state.feed(admit(got, expected))
+            continue
+        # failed: there must have been no usable answer when the claim reached this verifier.
+        if isinstance(got, bytes):
+            out = admit(got, expected)
+            if out.comparable:
+                return _invalid(
+                    f"claims {r.executor_id} {r.failure}, but its signed answer was there"
+                )
+        state.feed(failed(expected, _FAILURE_STATUS[r.failure], r.reason))
+    decision = state.decide(spare=0)
+    if claim.step == "accept":
+        if decision.step is not Step.ACCEPT or decision.record is None:
+            return _invalid(f"replay does not accept ({decision.step.value}: {decision.reason})")
+        rep = decision.record.accepted
+        assert rep is not None
+        if rep.digest != claim.digest or rep.executor_id != claim.representative:
+            return _invalid(
+                f"replay accepts {rep.executor_id}'s answer, the claim {claim.representative}'s"
+            )
+    elif decision.step is not Step.FAIL or decision.record is None:
+        return _invalid(f"replay does not fail ({decision.step.value})")
+    if judged(decision.record) != claim.judgements:
+        return _invalid("the claimed judgements are not the replay's (a flag or credit differs)")
+    return Recheck(Verdict.VALID, record=decision.record, policy=policy)
+
+
+def judged(record: VerdictRecord) -> tuple[Judged, ...]:
+    """A record's judgements as a claim carries them."""
+    return tuple(
+        Judged(j.executor_id, j.slot, j.label.value, j.reason, j.attestation)
+        for j in record.judgements
+    )
+
+
+def record_of(claim: VerdictClaim) -> VerdictRecord:
+    """The verdict record a committed claim stands for (for reputation; no outputs needed).
+
+    Only the judgements and the task are meaningful: ``accepted`` is ``None`` even for an
+    accepted call, since the value itself is not part of the agreed state.
+    """
+    return VerdictRecord(
+        claim.task_id,
+        None,
+        (),
+        0,
+        len(claim.replicas),
+        tuple(
+            Judgement(j.executor_id, j.slot, Label(j.label), j.reason, j.attestation)
+            for j in claim.judgements
+        ),
+        claim.tiebreak,
+    )
+
+
+def observed_failure(status: Status, reason: str) -> NoAnswer:
+    """What a verifier records for an object with no usable answer when a claim arrived."""
+    return NoAnswer(status, reason)

@@ -1,0 +1,371 @@
+"""One BFT verifier without Ray: the verdict application and the drain loop around the core.
+
+The Ray actor (:mod:`bft_ray.verifier.group`) and the tests' in-memory network drive the same
+:class:`VerifierReplica`, so everything but transport and timers is tested without Ray.
+
+:class:`VerdictApp` is the consensus core's application:
+
+* **Intake.** A claim is *offered* once this verifier has rechecked it
+  (:func:`~bft_ray.verifier.recheck.recheck`): the recheck result is kept with it.
+* **Proposing.** A leader proposes the valid claims it holds that are neither committed nor in
+  the chain it extends, oldest first, at most ``max_claims`` per block. It proposes only when
+  there is something to order or to finish: a payload block needs two more blocks after it
+  before every replica has seen the certificate that commits it (two-chain rule), so a leader
+  also proposes while its parent or grandparent carries payload. Otherwise it stays quiet, and
+  an idle group sends nothing.
+* **Voting.** A replica votes for a block only if every claim in it is one it rechecked and
+  found valid, and the block does not leave out a valid claim it has held for more than
+  ``censor_after`` ticks (a censoring leader's blocks get no votes, its round times out, and the
+  next leader orders the claim).
+* **Applying.** A committed claim's judgements are the record every verifier applies to its
+  reputation, including one that never read the answers: they were rechecked by the
+  ``2f + 1`` voters, at least ``f + 1`` of them honest.
+
+:class:`VerifierReplica` is the drain loop of the ``Ready`` contract: persist, collect the
+messages to send, apply the committed blocks (ledger rows and reputation), ``advance``.
+
+Example:
+    >>> from bft_ray.consensus import NodeConfig, Node, sim_crypto
+    >>> from bft_ray.crypto import SigningKey
+    >>> vs, signers, verifier = sim_crypto(4)
+    >>> app = VerdictApp(SigningKey.generate().public_bytes)
+    >>> rep = VerifierReplica(Node(NodeConfig(1, vs), signers[1], verifier, app), app)
+    >>> rep.drain()       # nothing to order: the leader of round 1 stays quiet
+    ([], [])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import blake3
+
+from bft_ray.consensus.blocktree import CommittedBlock
+from bft_ray.consensus.node import Node, Outgoing, Ready
+from bft_ray.consensus.types import Block, Message
+from bft_ray.trust.reputation import Reputation
+from bft_ray.verifier.claims import ClaimError, SignedClaim, decode_payload, encode_payload
+from bft_ray.verifier.recheck import Recheck, record_of
+
+__all__ = ["Committed", "LedgerStore", "MemoryLedger", "VerdictApp", "VerifierReplica"]
+
+logger = logging.getLogger(__name__)
+
+_KEEP_COMMITTED = 200_000  # task ids remembered as committed (duplicates are ignored)
+
+
+@dataclasses.dataclass(frozen=True)
+class Committed:
+    """One claim of a committed block, as this verifier applies it.
+
+    Attributes:
+        task_id: The call.
+        entry: Index of the claim in the block's payload.
+        claim: The signed claim (as committed).
+        block: The committed block.
+        recheck: This verifier's own recheck, or ``None`` if it never rechecked the claim
+            (it then does not sign a certificate for it).
+    """
+
+    task_id: str
+    entry: int
+    claim: SignedClaim
+    block: Block
+    recheck: Recheck | None
+
+
+@dataclasses.dataclass
+class _Held:
+    claim: SignedClaim
+    entry: bytes
+    recheck: Recheck
+    since: int  # tick when it was offered
+
+
+class VerdictApp:
+    """The verifier group's consensus application (pure; see the module docstring).
+
+    Args:
+        dispatcher_key: Public key whose signature every claim must carry.
+        max_claims: Most claims per block.
+        censor_after: Ticks a valid claim may wait before a block that omits it gets no vote.
+    """
+
+    def __init__(self, dispatcher_key: bytes, max_claims: int = 256, censor_after: int = 20):
+        self.dispatcher_key = dispatcher_key
+        self.max_claims = max_claims
+        self.censor_after = censor_after
+        self.now = 0
+        self._held: OrderedDict[str, _Held] = OrderedDict()  # task id -> valid, uncommitted
+        self._rejected: dict[bytes, Recheck] = {}  # entry digest -> invalid recheck
+        self._committed: OrderedDict[str, None] = OrderedDict()
+        self._blocks: dict[bytes, tuple[bytes, int, tuple[str, ...]]] = {}
+        self._decoded: dict[bytes, SignedClaim | None] = {}
+        self.committed_round = 0
+        self.reputation = Reputation()
+
+    # -- intake ----------------------------------------------------------------------------
+
+    def decode(self, entry: bytes) -> SignedClaim | None:
+        """The signed claim in a payload entry, if well formed and signed by the dispatcher."""
+        key = blake3.blake3(entry).digest()
+        if key not in self._decoded:
+            if len(self._decoded) > 10_000:
+                self._decoded.clear()
+            try:
+                sc = SignedClaim.decode(entry)
+                self._decoded[key] = sc if sc.verify(self.dispatcher_key) else None
+            except ClaimError:
+                self._decoded[key] = None
+        return self._decoded[key]
+
+    def offer(self, entry: bytes, result: Recheck) -> bool:
+        """Hold a claim this verifier rechecked. Returns whether it is new and valid."""
+        sc = self.decode(entry)
+        if sc is None or sc.task_id in self._committed:
+            return False
+        if not result.ok:
+            self._rejected[blake3.blake3(entry).digest()] = result
+            logger.warning("claim for %s refused: %s", sc.task_id, result.reason)
+            return False
+        held = self._held.get(sc.task_id)
+        if held is not None:
+            return False
+        self._held[sc.task_id] = _Held(sc, entry, result, self.now)
+        return True
+
+    def recheck_of(self, entry: bytes) -> Recheck | None:
+        """This verifier's recheck of a claim, if it holds one."""
+        sc = self.decode(entry)
+        if sc is None:
+            return None
+        held = self._held.get(sc.task_id)
+        if held is not None and held.entry == entry:
+            return held.recheck
+        return self._rejected.get(blake3.blake3(entry).digest())
+
+    def pending(self) -> int:
+        """Valid claims held and not committed yet."""
+        return len(self._held)
+
+    def is_committed(self, task_id: str) -> bool:
+        return task_id in self._committed
+
+    # -- the core's hooks --------------------------------------------------------------------
+
+    def _chain_tasks(self, block_id: bytes) -> set[str]:
+        """Task ids in the uncommitted chain ending at ``block_id``."""
+        out: set[str] = set()
+        seen = 0
+        while block_id in self._blocks and seen < 1000:
+            parent, rnd, tasks = self._blocks[block_id]
+            if rnd <= self.committed_round:
+                break
+            out.update(tasks)
+            block_id = parent
+            seen += 1
+        return out
+
+    def _remember(self, block: Block) -> tuple[str, ...]:
+        if block.id in self._blocks:
+            return self._blocks[block.id][2]
+        tasks = []
+        for entry in _entries(block.payload):
+            sc = self.decode(entry)
+            if sc is not None:
+                tasks.append(sc.task_id)
+        self._blocks[block.id] = (block.parent_id, block.round, tuple(tasks))
+        return tuple(tasks)
+
+    def _orderable(self, parent: Block) -> list[_Held]:
+        self._remember(parent)
+        in_chain = self._chain_tasks(parent.id)
+        return [h for t, h in self._held.items() if t not in in_chain]
+
+    def should_propose(self, round: int, parent: Block) -> bool:
+        """Propose if a claim waits, or if the last two blocks carry payload to finish."""
+        if self._orderable(parent):
+            return True
+        if parent.payload:
+            return True
+        grand = self._blocks.get(parent.parent_id)
+        return bool(grand and grand[2])
+
+    def propose_payload(self, round: int, parent: Block) -> bytes:
+        """The waiting valid claims, oldest first, up to ``max_claims``."""
+        held = self._orderable(parent)[: self.max_claims]
+        return encode_payload([h.entry for h in held])
+
+    def validate_payload(self, block: Block) -> bool:
+        """Vote only for rechecked, valid claims, and not for a block that censors one."""
+        entries = _entries(block.payload)
+        if entries is None:
+            return False
+        self._remember(block)
+        for entry in entries:
+            r = self.recheck_of(entry)
+            if r is None or not r.ok:
+                return False
+        in_chain = self._chain_tasks(block.id)
+        for task_id, held in self._held.items():
+            if self.now - held.since < self.censor_after:
+                break  # held in arrival order: the rest is younger
+            if task_id not in in_chain:
+                logger.info("block of round %d leaves out %s: no vote", block.round, task_id)
+                return False
+        return True
+
+    # -- applying ----------------------------------------------------------------------------
+
+    def commit(self, block: Block) -> list[Committed]:
+        """Apply one committed block: mark its claims committed, update reputation."""
+        out = []
+        self.committed_round = max(self.committed_round, block.round)
+        for i, entry in enumerate(_entries(block.payload) or []):
+            sc = self.decode(entry)
+            if sc is None or sc.task_id in self._committed:
+                continue  # a duplicate (a claim ordered twice counts once)
+            self._committed[sc.task_id] = None
+            if len(self._committed) > _KEEP_COMMITTED:
+                self._committed.popitem(last=False)
+            held = self._held.pop(sc.task_id, None)
+            mine = held.recheck if held is not None and held.entry == entry else None
+            record = record_of(sc.claim)
+            for j in record.judgements:
+                if j.executor_id != "-":
+                    self.reputation.register(j.executor_id, 0, j.slot)
+            self.reputation.apply(record)
+            out.append(Committed(sc.task_id, i, sc, block, mine))
+        self._blocks = {k: v for k, v in self._blocks.items() if v[1] >= self.committed_round}
+        return out
+
+    def reputation_digest(self) -> bytes:
+        """Digest of the reputation state (equal on every honest verifier)."""
+        rows = [
+            (
+                r.executor_id,
+                r.tasks,
+                r.agreed,
+                r.disagreed,
+                r.unaligned,
+                r.invalid,
+                r.crashed,
+                r.timeouts,
+                r.disputed,
+            )
+            for r in self.reputation.records()
+        ]
+        return blake3.blake3(repr(sorted(rows)).encode()).digest()
+
+
+def _entries(payload: bytes) -> list[bytes] | None:
+    try:
+        return decode_payload(payload)
+    except ClaimError:
+        return None
+
+
+class LedgerStore(Protocol):
+    """What the drain loop needs of a store (the SQLite ``Ledger`` or :class:`MemoryLedger`)."""
+
+    def persist(self, ready: Ready) -> None: ...
+
+    def append(self, committed: CommittedBlock, verdicts: Sequence[Any]) -> None: ...
+
+
+class MemoryLedger:
+    """In-memory store for the simulator and tests (the consensus ``MemoryStore`` plus rows)."""
+
+    def __init__(self) -> None:
+        from bft_ray.consensus.storage import MemoryStore
+
+        self.store = MemoryStore()
+        self.rows: list[tuple[bytes, list[Any]]] = []
+        self._safety: list[Any] = []
+
+    def persist(self, ready: Ready) -> None:
+        self.store.persist(ready)
+        if ready.safety_state is not None:
+            self._safety.append(ready.safety_state)
+
+    def safety_history(self) -> list[Any]:
+        """Every safety state persisted, in order (as ``Ledger.safety_history``)."""
+        return list(self._safety)
+
+    def append(self, committed: CommittedBlock, verdicts: Sequence[Any]) -> None:
+        self.rows.append((committed.block.id, list(verdicts)))
+        b = committed.block
+        self.store.committed_id, self.store.committed_round = b.id, b.round
+
+    def recovery(self) -> Any:
+        return self.store.recovery()
+
+
+class VerifierReplica:
+    """A consensus node, its verdict application and its store, driven by one drain loop.
+
+    Args:
+        node: The consensus core (built with ``app``).
+        app: Its :class:`VerdictApp`.
+        store: Where ``Ready`` state and committed blocks go (default: in memory).
+        rows: Maps the applied claims of one committed block to the store's verdict rows.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        app: VerdictApp,
+        store: LedgerStore | None = None,
+        rows: Any = None,
+    ) -> None:
+        self.node = node
+        self.app = app
+        self.store: LedgerStore = store if store is not None else MemoryLedger()
+        self.rows = rows or (lambda applied: [])
+
+    @property
+    def index(self) -> int:
+        return self.node.index
+
+    def step(self, message: Message) -> bool:
+        """Feed one message from a peer."""
+        return self.node.step(message)
+
+    def tick(self) -> None:
+        """One logical tick (timers, censorship clock)."""
+        self.app.now += 1
+        self.node.tick()
+
+    def offer(self, entry: bytes, result: Recheck) -> bool:
+        """Hold a rechecked claim and let the leader propose it."""
+        new = self.app.offer(entry, result)
+        if new:
+            self.node.poke()
+        return new
+
+    def busy(self) -> bool:
+        """Whether the timers should run: a claim waits, or a payload block is uncommitted."""
+        return self.app.pending() > 0
+
+    def drain(self) -> tuple[list[Outgoing], list[Committed]]:
+        """Do the ``Ready`` work: persist, then collect sends, apply commits, advance.
+
+        Returns the messages to send (only now: their safety state is persisted) and the
+        claims committed, in commit order.
+        """
+        sends: list[Outgoing] = []
+        applied: list[Committed] = []
+        while self.node.has_ready():
+            rd = self.node.ready()
+            self.store.persist(rd)  # durable BEFORE any of rd.messages leaves
+            sends.extend(rd.messages)
+            for cb in rd.committed:
+                done = self.app.commit(cb.block)
+                self.store.append(cb, self.rows(done))
+                applied.extend(done)
+            self.node.advance(rd)
+        return sends, applied
