@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, TypeVar, overload
 
+import blake3
 import ray
 from ray import ObjectRef
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -180,6 +181,24 @@ class BftCluster:
             except Exception as exc:
                 out.append({"index": i, "error": f"{type(exc).__name__}: {exc}"[:200]})
         return out
+
+    def inject_verifier_fault(self, index: int, fault: str) -> str:
+        """BFT mode: change verifier ``index``'s behaviour at run time (owner only).
+
+        ``"honest"`` heals it; ``"crash"`` makes it exit, after which Ray restarts it and it
+        recovers from its ledger (honest again).
+
+        Example:
+            >>> cluster.inject_verifier_fault(1, "censor")  # doctest: +SKIP
+            'censor'
+        """
+        admin = self._need_owner("inject_verifier_fault")
+        if not self._group:
+            raise ConfigError("inject_verifier_fault needs a BFT group (init(verifiers>=4))")
+        if not 0 <= index < len(self._group):
+            raise ConfigError(f"no verifier {index}; verifiers are 0..{len(self._group) - 1}")
+        name = fault_lib.resolve_verifier_fault(fault)
+        return ray.get(self._group[index].set_fault.remote(admin, name), timeout=30)
 
     def verifier_handles(self) -> list[Any]:
         """BFT mode: the verifier actors' handles (owner only; for chaos tests)."""
@@ -591,7 +610,15 @@ def _start_group(
             options["resources"] = {"verifier": 1}
         else:
             options["scheduling_strategy"] = "SPREAD"
-        setup = GroupSetup(name, i, n, dispatcher_key, os.path.join(ledger_dir, f"v{i}"), fault)
+        setup = GroupSetup(
+            name,
+            i,
+            n,
+            dispatcher_key,
+            os.path.join(ledger_dir, f"v{i}"),
+            fault,
+            admin_digest=blake3.blake3(admin).digest(),
+        )
         handles.append(ray.remote(BftVerifier).options(**options).remote(setup))
     keys = ray.get([h.public_key.remote() for h in handles], timeout=120)
     ray.get([h.start.remote(keys) for h in handles], timeout=120)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import json
 import logging
 import os
@@ -60,20 +61,20 @@ from bft_ray.consensus import (
 )
 from bft_ray.consensus.types import proposal_signing_bytes
 from bft_ray.crypto import SigningKey
+from bft_ray.errors import CapabilityError
 from bft_ray.executor import guard
 from bft_ray.verifier.admission import NoAnswer, Status
+from bft_ray.verifier.byzantine import FaultyApp
 from bft_ray.verifier.certificate import Certificate, FunctionId
 from bft_ray.verifier.claims import (
     ClaimError,
-    ReplicaClaim,
-    SignedClaim,
     VerdictClaim,
     decode_payload,
     encode_payload,
 )
 from bft_ray.verifier.recheck import Recheck, recheck
 from bft_ray.verifier.records import CallMeta, certificate_fields
-from bft_ray.verifier.replica import Committed, VerdictApp, VerifierReplica
+from bft_ray.verifier.replica import Committed, VerifierReplica
 
 __all__ = [
     "NAMESPACE",
@@ -114,6 +115,10 @@ class GroupSetup:
         claim_wait_s: How long a proposal waits for the dispatcher's copy of a claim.
         read_timeout_s: How long reading one executor answer may take.
         max_claims: Most claims per block.
+        admin_digest: blake3 digest of the driver's admin capability; only its holder may
+            change this verifier's injected behaviour.
+        continuous: For benchmarking consensus alone: leaders propose (empty) blocks without
+            pause, so rounds run back to back; call ``kick()`` once all verifiers started.
     """
 
     cluster: str
@@ -129,6 +134,8 @@ class GroupSetup:
     claim_wait_s: float = 5.0
     read_timeout_s: float = 60.0
     max_claims: int = 256
+    admin_digest: bytes = b""  # blake3 of the driver's admin capability (fault injection)
+    continuous: bool = False  # benchmarks only: leaders propose empty blocks without pause
 
     @property
     def ledger_path(self) -> Path:
@@ -160,53 +167,6 @@ def fail_statement(task_id: str, block_round: int, block_id: bytes) -> bytes:
     from bft_ray.crypto import encode_fields
 
     return encode_fields(_FAIL_DOMAIN, task_id, block_round, block_id)
-
-
-class _FaultyApp(VerdictApp):
-    """Application seams of the Byzantine behaviours (see :data:`bft_ray.faults.VERIFIER_FAULTS`)."""
-
-    fault: str = "honest"
-
-    def offer(self, entry: bytes, result: Recheck) -> bool:
-        if self.fault == "wrong_vote" and not result.ok:
-            sc = self.decode(entry)
-            result = Recheck(result.verdict.__class__.VALID, record=None) if sc else result
-        return super().offer(entry, result)
-
-    def validate_payload(self, block: Block) -> bool:
-        if self.fault == "wrong_vote":
-            self._remember(block)
-            return True
-        return super().validate_payload(block)
-
-    def propose_payload(self, round: int, parent: Block) -> bytes:
-        payload = super().propose_payload(round, parent)
-        if self.fault == "censor":
-            return b""
-        if self.fault == "bad_verdict" and payload:
-            return encode_payload([_rewrite(e) for e in decode_payload(payload)])
-        return payload
-
-
-def _rewrite(entry: bytes) -> bytes:
-    """A claim rewritten by a Byzantine leader (keeping the dispatcher's signature)."""
-    sc = SignedClaim.decode(entry)
-    c = sc.claim
-    answered = [i for i, r in enumerate(c.replicas) if r.state == "answered"]
-    others = [r.executor_id for r in c.replicas if r.state == "answered"]
-    if c.step == "accept" and len(others) > 1:
-        rep = next(e for e in others if e != c.representative)
-        c2 = dataclasses.replace(c, representative=rep)  # another representative
-    elif answered:
-        reps = list(c.replicas)
-        r = reps[answered[0]]
-        reps[answered[0]] = ReplicaClaim(
-            r.executor_id, r.slot, r.attempt, r.object_id, "failed", "timeout", "invented"
-        )
-        c2 = dataclasses.replace(c, replicas=tuple(reps))  # an invented timeout
-    else:
-        c2 = dataclasses.replace(c, replicas=c.replicas[1:])  # a dropped replica
-    return SignedClaim(c2.encode(), sc.signature, c2).encode()
 
 
 class BftVerifier:
@@ -265,8 +225,9 @@ class BftVerifier:
         validators = ValidatorSet(tuple(keys))
         s = self.setup
         ledger = Ledger(s.ledger_path, index=s.index, validators=validators, signing_key=self.key)
-        app = _FaultyApp(s.dispatcher_key, max_claims=s.max_claims, censor_after=s.censor_after)
+        app = FaultyApp(s.dispatcher_key, max_claims=s.max_claims, censor_after=s.censor_after)
         app.fault = self.fault
+        app.continuous = s.continuous
         node = Node(
             NodeConfig(
                 s.index,
@@ -484,6 +445,32 @@ class BftVerifier:
         if self.fault == "forge":
             sig = os.urandom(64)
         return {**base, "ok": True, "public_key": self.key.public_bytes, "signature": sig}
+
+    async def kick(self) -> None:
+        """Start the timers and send what the replica has ready (after ``start``)."""
+        if self.replica is not None:
+            self._pump()
+            self._ensure_ticker()
+
+    async def set_fault(self, capability: bytes, fault: str) -> str:
+        """Change this verifier's injected behaviour (driver only; chaos tests and demos).
+
+        A ``"crash"`` exits at the next message; a restarted verifier comes back honest (its
+        configured behaviour) and recovers from its ledger.
+        """
+        from bft_ray.faults import resolve_verifier_fault
+
+        ok = isinstance(capability, bytes) and hmac.compare_digest(
+            blake3.blake3(capability).digest(), self.setup.admin_digest
+        )
+        if not self.setup.admin_digest or not ok:
+            raise CapabilityError("changing a verifier's behaviour needs the driver's capability")
+        self.fault = resolve_verifier_fault(fault)
+        if self.fault == "crash":
+            self._handled = 1 << 30
+        if self.replica is not None:
+            self.replica.app.fault = self.fault  # type: ignore[attr-defined]
+        return self.fault
 
     # -- inspection -----------------------------------------------------------------------
 

@@ -186,9 +186,11 @@ class VerdictApp:
         in_chain = self._chain_tasks(parent.id)
         return [h for t, h in self._held.items() if t not in in_chain]
 
+    continuous = False  # benchmarks: leaders always propose (consensus alone, empty blocks)
+
     def should_propose(self, round: int, parent: Block) -> bool:
         """Propose if a claim waits, or if the last two blocks carry payload to finish."""
-        if self._orderable(parent):
+        if self.continuous or self._orderable(parent):
             return True
         if parent.payload:
             return True
@@ -349,7 +351,7 @@ class VerifierReplica:
 
     def busy(self) -> bool:
         """Whether the timers should run: a claim waits, or a payload block is uncommitted."""
-        return self.app.pending() > 0
+        return self.app.pending() > 0 or self.app.continuous
 
     def drain(self) -> tuple[list[Outgoing], list[Committed]]:
         """Do the ``Ready`` work: persist, then collect sends, apply commits, advance.
