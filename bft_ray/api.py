@@ -615,7 +615,7 @@ def _start_group(
             i,
             n,
             dispatcher_key,
-            os.path.join(ledger_dir, f"v{i}"),
+            ledger_dir,
             fault,
             admin_digest=blake3.blake3(admin).digest(),
         )

@@ -9,10 +9,10 @@ The Ray actor (:mod:`bft_ray.verifier.group`) and the tests' in-memory network d
   (:func:`~bft_ray.verifier.recheck.recheck`): the recheck result is kept with it.
 * **Proposing.** A leader proposes the valid claims it holds that are neither committed nor in
   the chain it extends, oldest first, at most ``max_claims`` per block. It proposes only when
-  there is something to order or to finish: a payload block needs two more blocks after it
-  before every replica has seen the certificate that commits it (two-chain rule), so a leader
-  also proposes while its parent or grandparent carries payload. Otherwise it stays quiet, and
-  an idle group sends nothing.
+  there is something to order or to finish: a payload block is committed by a certificate of
+  a later block, which the other replicas only see in the proposal after it, so a leader also
+  proposes while the chain it extends holds payload it has not applied yet. Otherwise it stays
+  quiet, and an idle group sends nothing.
 * **Voting.** A replica votes for a block only if every claim in it is one it rechecked and
   found valid, and the block does not leave out a valid claim it has held for more than
   ``censor_after`` ticks (a censoring leader's blocks get no votes, its round times out, and the
@@ -189,13 +189,28 @@ class VerdictApp:
     continuous = False  # benchmarks: leaders always propose (consensus alone, empty blocks)
 
     def should_propose(self, round: int, parent: Block) -> bool:
-        """Propose if a claim waits, or if the last two blocks carry payload to finish."""
+        """Propose if a claim waits, or while the chain holds payload not yet applied here.
+
+        The second case finishes earlier work: the block that certifies a payload block's child
+        commits it at the leader, but the others learn that QC only from the next proposal, so
+        a leader keeps extending the chain until the payload is committed in its own view. That
+        costs one more (empty) block after the leader's commit; an idle group then stops.
+        """
         if self.continuous or self._orderable(parent):
             return True
-        if parent.payload:
-            return True
-        grand = self._blocks.get(parent.parent_id)
-        return bool(grand and grand[2])
+        return self._chain_has_payload(parent.id)
+
+    def _chain_has_payload(self, block_id: bytes) -> bool:
+        seen = 0
+        while block_id in self._blocks and seen < 1000:
+            parent, rnd, tasks = self._blocks[block_id]
+            if rnd <= self.committed_round:
+                return False
+            if tasks:
+                return True
+            block_id = parent
+            seen += 1
+        return False
 
     def propose_payload(self, round: int, parent: Block) -> bytes:
         """The waiting valid claims, oldest first, up to ``max_claims``."""

@@ -1,0 +1,229 @@
+"""The BFT verifier group on Ray (n = 4, f = 1): certificates, Byzantine verifiers, restarts.
+
+One cluster for the module. Verifier behaviours are switched at run time with
+``cluster.inject_verifier_fault`` and healed after each test; calls run one after another so
+that every verifier leads some rounds while it misbehaves. The last tests crash verifiers
+for good, so they run last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import ray
+
+import bft_ray
+from bft_ray.verifier.audit import audit_dir
+
+pytestmark = pytest.mark.ray
+
+N_EXEC = 4
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_module, tmp_path_factory):
+    ledgers = tmp_path_factory.mktemp("ledgers")
+    c = bft_ray.init(executors=N_EXEC, verifiers=4, quarantine_below=0.0, ledger_dir=str(ledgers))
+    c.ledgers = ledgers
+    yield c
+    c.shutdown()
+
+
+@pytest.fixture
+def vfault(cluster):
+    injected = []
+
+    def inject(index, name):
+        injected.append(index)
+        return cluster.inject_verifier_fault(index, name)
+
+    yield inject
+    for index in injected:
+        cluster.inject_verifier_fault(index, "honest")
+
+
+@bft_ray.verified_remote(replicas=3, num_gpus=1, tolerance=bft_ray.Tolerance(rtol=1e-6, atol=1e-9))
+def affine(x, k):
+    return x * 2.0 + k
+
+
+def run_one_by_one(count: int, offset: int = 0):
+    refs = []
+    for i in range(offset, offset + count):
+        x = np.linspace(0, 1, 16) + i
+        ref = affine.remote(x, i)
+        np.testing.assert_array_equal(bft_ray.get(ref, timeout=120), x * 2.0 + i)
+        refs.append(ref)
+    return refs
+
+
+def honest_digests(cluster, skip=()):
+    st = [s for s in cluster.verifier_status() if s["index"] not in skip and "error" not in s]
+    return {s["reputation_digest"] for s in st}, st
+
+
+def wait_settled(cluster, skip=(), timeout=30.0):
+    """Until every listed verifier has applied the same reputation (commits propagate)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        digests, st = honest_digests(cluster, skip)
+        if len(digests) == 1 or time.monotonic() > deadline:
+            return digests, st
+        time.sleep(0.2)
+
+
+def test_values_come_with_a_group_certificate_anyone_can_check(cluster):
+    (ref,) = run_one_by_one(1)
+    cert = bft_ray.certificate(ref)
+    keys = cluster.verifier_keys()
+    assert cert.mode == "bft" and len(keys) == 4 and cert.block_round >= 1
+    assert len({s.public_key for s in cert.signatures}) >= 3
+    assert bft_ray.verify_certificate(cert, keys, task_id=bft_ray.task_id(ref))
+    back = bft_ray.Certificate.from_json(cert.to_json())
+    assert bft_ray.verify_certificate(back, keys)
+    # Rejections: changed digest, 2f signers, duplicated signer, an unknown key, another task.
+    assert not bft_ray.verify_certificate(dataclasses.replace(cert, digest=b"\0" * 32), keys)
+    two = dataclasses.replace(cert, signatures=cert.signatures[:2])
+    assert not bft_ray.verify_certificate(two, keys)
+    dup = dataclasses.replace(cert, signatures=(*cert.signatures[:2], cert.signatures[0]))
+    assert not bft_ray.verify_certificate(dup, keys)
+    from bft_ray.crypto import SigningKey
+
+    # A signer's key replaced by an unknown one: only the known keys' signatures count.
+    swapped = [SigningKey.generate().public_bytes, *keys[1:]]
+    counted = sum(s.public_key in swapped for s in cert.signatures)
+    assert bft_ray.verify_certificate(cert, swapped) == (counted >= 3)
+    rogues = [SigningKey.generate().public_bytes for _ in range(3)]
+    lone = [cert.signatures[0].public_key, *rogues]
+    assert not bft_ray.verify_certificate(cert, lone)  # one known key of four: 1 < 2f + 1
+    (other,) = run_one_by_one(1, offset=1)
+    assert not bft_ray.verify_certificate(cert, keys, task_id=bft_ray.task_id(other))
+
+
+@pytest.mark.parametrize(
+    "fault", ["silent", "censor", "bad_verdict", "wrong_vote", "forge", "equivocate"]
+)
+def test_one_byzantine_verifier_gains_nothing_but_delay(cluster, vfault, fault):
+    vfault(1, fault)
+    refs = run_one_by_one(8, offset=10)  # each call takes a few rounds: verifier 1 leads some
+    keys = cluster.verifier_keys()
+    for ref in refs:
+        cert = bft_ray.certificate(ref)
+        assert bft_ray.verify_certificate(cert, keys, raise_on_failure=True)
+        if fault in ("forge", "silent"):
+            assert keys[1] not in {s.public_key for s in cert.signatures}
+    digests, _ = wait_settled(cluster, skip=(1,))
+    assert len(digests) == 1, f"honest verifiers diverged under {fault}"
+
+
+def test_wrong_outputs_are_never_certified_with_a_byzantine_verifier(cluster, vfault):
+    cluster.inject_fault(3, "zeros")
+    try:
+        vfault(2, "wrong_vote")
+        # A burst (batched blocks); x != 0 so the zeros executor is always wrong.
+        refs = [affine.remote(np.ones(8) * (i + 1), 0) for i in range(12)]
+        values = bft_ray.get(refs, timeout=180)
+        for i, v in enumerate(values):
+            np.testing.assert_array_equal(v, np.ones(8) * (i + 1) * 2.0)
+        keys = cluster.verifier_keys()
+        for ref in refs:
+            cert = bft_ray.certificate(ref)
+            assert bft_ray.verify_certificate(cert, keys)
+            assert "ex3" not in cert.signers  # the zeros executor never vouches for a value
+    finally:
+        cluster.inject_fault(3, "honest")
+    digests, _ = wait_settled(cluster, skip=(2,))
+    assert len(digests) == 1
+    rows = {r["executor"]: r for r in ray.get(cluster.verifier_handles()[0].reputation.remote())}
+    assert rows.get("ex3", {}).get("disagreed", 0) >= 1  # flagged from committed records
+
+
+def test_ledgers_pass_the_audit_and_a_tampered_copy_fails(cluster, tmp_path):
+    run_one_by_one(2, offset=40)
+    time.sleep(1.0)  # let the trailing commits reach every ledger
+    reports = audit_dir(cluster.ledgers, verifier_keys=cluster.verifier_keys())
+    assert len(reports) == 4 and all(r.ok for r in reports), [r.line() for r in reports]
+    assert all(r.blocks > 0 for r in reports)
+    # The CLI on the real directory, then on a copy with one verdict changed.
+    ok = subprocess.run([sys.executable, "-m", "bft_ray", "audit", str(cluster.ledgers)])
+    assert ok.returncode == 0
+    import sqlite3
+
+    src = next(p for p in cluster.ledgers.rglob("verifier-0.sqlite"))
+    copy = tmp_path / "verifier-0.sqlite"
+    con = sqlite3.connect(src)
+    con.execute(f"VACUUM INTO '{copy}'")  # a consistent copy of a live database
+    con.close()
+    tampered = sqlite3.connect(copy)
+    tables = [r[0] for r in tampered.execute("select name from sqlite_master where type='table'")]
+    vt = next(t for t in tables if "verdict" in t)
+    cols = [r[1] for r in tampered.execute(f"pragma table_info({vt})")]
+    col = "outcome" if "outcome" in cols else cols[-1]
+    tampered.execute(f"update {vt} set {col} = 'failed' where rowid = 1")
+    tampered.commit()
+    tampered.close()
+    bad = subprocess.run(
+        [sys.executable, "-m", "bft_ray", "audit", str(copy)], capture_output=True, text=True
+    )
+    assert bad.returncode == 1 and "verdict" in (bad.stdout + bad.stderr).lower()
+
+
+def test_a_verifier_that_crashes_restarts_recovers_and_never_votes_twice(cluster, vfault):
+    before = {s["index"]: s for s in cluster.verifier_status()}
+    vfault(3, "crash")  # exits at its next message; Ray restarts it; it recovers from disk
+    run_one_by_one(6, offset=60)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        st = cluster.verifier_status()[3]
+        if "error" not in st and st["ledger_height"] >= before[3]["ledger_height"] + 1:
+            break
+        time.sleep(0.5)
+    st = cluster.verifier_status()[3]
+    assert "error" not in st, st
+    assert st["fault"] == "honest" and st["ledger_height"] > before[3]["ledger_height"]
+    # Its persisted votes: the last voted round never went backwards across the restart, so
+    # it never signed twice in a round (votes leave only after their round is persisted).
+    import sqlite3
+
+    from bft_ray.consensus import decode_safety_data
+
+    con = sqlite3.connect(f"file:{st['ledger']}?mode=ro", uri=True)
+    rows = con.execute("select data from safety_history order by seq").fetchall()
+    con.close()
+    voted = [decode_safety_data(bytes(r[0])).last_voted_round for r in rows]
+    assert len(voted) > 3 and voted == sorted(voted)
+    reports = audit_dir(os.path.dirname(st["ledger"]), verifier_keys=cluster.verifier_keys())
+    assert len(reports) == 4 and all(r.ok for r in reports), [r.line() for r in reports]
+
+
+def test_an_attached_process_checks_group_certificates(cluster):
+    (ref,) = run_one_by_one(1, offset=80)
+    cert_json = bft_ray.certificate(ref).to_json()
+
+    @ray.remote(num_cpus=0)
+    def check(text):
+        import bft_ray as b
+
+        attached = b.init()
+        cert = b.Certificate.from_json(text)
+        return b.verify_certificate(cert, attached.verifier_keys()), len(attached.verifier_keys())
+
+    assert ray.get(check.remote(cert_json), timeout=120) == (True, 4)
+
+
+def test_losing_a_verifier_for_good_loses_no_task(cluster):
+    """Kill verifier 0 mid-burst (no restart): pending calls still commit with 2f + 1 = 3."""
+    refs = [affine.remote(np.ones(4) * i, 1) for i in range(10)]
+    ray.kill(cluster.verifier_handles()[0], no_restart=True)
+    values = bft_ray.get(refs, timeout=180)
+    for i, v in enumerate(values):
+        np.testing.assert_array_equal(v, np.ones(4) * i * 2.0 + 1)
+    more = run_one_by_one(4, offset=90)  # progress continues after the view changes
+    keys = cluster.verifier_keys()
+    assert all(bft_ray.verify_certificate(bft_ray.certificate(r), keys) for r in refs + more)

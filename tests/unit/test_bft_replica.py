@@ -1,0 +1,317 @@
+"""The BFT verifier replica without Ray: a deterministic in-memory network of VerifierReplicas.
+
+Claims are built the way the dispatcher builds them (real executor envelopes, admission,
+CallState), offered to every verifier after its own recheck, and ordered by the real HotStuff
+core. Byzantine verifiers run the honest core with a lying application (``FaultyApp``) and a
+transport that drops their messages (``silent``). Checked: every claim commits, no rewritten
+or invalid claim ever commits, honest ledgers and reputation never diverge, and an idle group
+sends nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import numpy as np
+import pytest
+
+from bft_ray.compare import wire
+from bft_ray.config import Policy
+from bft_ray.consensus import Node, NodeConfig, sim_crypto
+from bft_ray.crypto import SigningKey
+from bft_ray.executor.envelope import VALUE, build
+from bft_ray.verifier.admission import Expected, NoAnswer, Status, admit
+from bft_ray.verifier.byzantine import FaultyApp
+from bft_ray.verifier.claims import ReplicaClaim, SignedClaim, VerdictClaim
+from bft_ray.verifier.decision import CallState, Step
+from bft_ray.verifier.recheck import judged, recheck
+from bft_ray.verifier.replica import MemoryLedger, VerifierReplica
+
+EXEC = [SigningKey.generate() for _ in range(4)]
+DISPATCHER = SigningKey.generate()
+POLICY = Policy(replicas=3)
+
+
+def answer(task: str, i: int, value, attempt: int = 0) -> bytes:
+    return build(EXEC[i], VALUE, task, attempt, f"ex{i}", f"s{i}", payload=wire.encode(value))
+
+
+def make_claim(task: str, values: dict[int, object], *, lie=None) -> tuple[bytes, dict]:
+    """A dispatcher's signed claim for ``task``; ``None`` values are replicas that timed out.
+
+    Returns the encoded signed claim and the answers each verifier reads (object id -> bytes or
+    NoAnswer). ``lie`` may rewrite the claim before signing (a lying dispatcher).
+    """
+    state = CallState(task, POLICY, b"t" * 32)
+    state.start(len(values))
+    replicas, answers = [], {}
+    for i, v in values.items():
+        oid = f"{task}-{i}".encode().hex()
+        exp = Expected(task, 0, f"ex{i}", f"s{i}", EXEC[i].public_bytes)
+        raw = NoAnswer(Status.TIMEOUT, "stalled") if v is None else answer(task, i, v)
+        out = admit(raw, exp)
+        state.feed(out)
+        answers[oid] = raw
+        state_name = "answered" if out.comparable else "failed"
+        failure = "" if out.comparable else "timeout"
+        replicas.append(ReplicaClaim(f"ex{i}", f"s{i}", 0, oid, state_name, failure, out.reason))
+    d = state.decide(spare=0)
+    assert d.step in (Step.ACCEPT, Step.FAIL)
+    rep = d.record.accepted
+    claim = VerdictClaim(
+        task,
+        "f",
+        POLICY.model_dump_json(),
+        ("m", "f", "00"),
+        b"a" * 32,
+        b"t" * 32,
+        0,
+        tuple(replicas),
+        "accept" if rep else "fail",
+        rep.digest if rep else b"",
+        rep.executor_id if rep else "",
+        tuple((f"ex{i}", EXEC[i].public_bytes, "00") for i in sorted(values)),
+        judged(d.record),
+    )
+    if lie is not None:
+        claim = lie(claim)
+    return claim.sign(DISPATCHER).encode(), answers
+
+
+class AlwaysValid(FaultyApp):
+    """SEEDED BUG (test-only): votes without rechecking (every replica runs it)."""
+
+    def validate_payload(self, block):
+        self._remember(block)
+        return True
+
+    def offer(self, entry, result):
+        return super().offer(entry, dataclasses.replace(result, verdict=type(result.verdict).VALID))
+
+
+class Net:
+    """n replicas, FIFO delivery, ticks only when no message is in flight."""
+
+    def __init__(self, n: int, faults: dict[int, str] | None = None, app_cls=FaultyApp):
+        self.faults = faults or {}
+        vs, signers, verifier = sim_crypto(n)
+        self.reps = []
+        for i in range(n):
+            app = app_cls(DISPATCHER.public_bytes, censor_after=10)
+            app.fault = self.faults.get(i, "honest")
+            node = Node(
+                NodeConfig(i, vs, base_timeout_ticks=4, max_timeout_ticks=32),
+                signers[i],
+                verifier,
+                app,
+            )
+            self.reps.append(VerifierReplica(node, app, MemoryLedger()))
+        self.queue: collections.deque = collections.deque()
+        self.sent = 0
+        self.committed: dict[int, list[bytes]] = {i: [] for i in range(n)}
+
+    def honest(self) -> list[int]:
+        return [i for i in range(len(self.reps)) if self.faults.get(i, "honest") == "honest"]
+
+    def pump(self, i: int) -> None:
+        sends, applied = self.reps[i].drain()
+        self.committed[i] += [c.claim.encode() for c in applied]
+        if self.faults.get(i) == "silent":
+            return
+        for out in sends:
+            for t in [out.to] if out.to is not None else range(len(self.reps)):
+                if t != i:
+                    self.queue.append((t, out.message))
+                    self.sent += 1
+
+    def offer(self, entry: bytes, answers: dict) -> None:
+        sc = SignedClaim.decode(entry)
+        for i, r in enumerate(self.reps):
+            r.offer(entry, recheck(sc.claim, answers))
+            self.pump(i)
+
+    def run(self, steps: int = 20_000) -> None:
+        for _ in range(steps):
+            if self.queue:
+                t, msg = self.queue.popleft()
+                self.reps[t].step(msg)
+                self.pump(t)
+                continue
+            busy = [i for i, r in enumerate(self.reps) if r.busy()]
+            if not busy:
+                return
+            for i in busy:
+                self.reps[i].tick()
+                self.pump(i)
+
+    def tasks(self, i: int) -> list[str]:
+        return [SignedClaim.decode(e).task_id for e in self.committed[i]]
+
+
+def workload(net: Net, k: int = 6) -> dict[str, bytes]:
+    """k claims: honest replicas agree; executor 3 returns a wrong value on odd tasks."""
+    entries = {}
+    for t in range(k):
+        task = f"t{t}"
+        good = np.arange(3.0) + t
+        values = {0: good, 1: good + 1e-9, 3: good + (100.0 if t % 2 else 0.0)}
+        entry, answers = make_claim(task, values)
+        entries[task] = entry
+        net.offer(entry, answers)
+    return entries
+
+
+def assert_honest_agree(net: Net) -> None:
+    honest = net.honest()
+    logs = [net.committed[i] for i in honest]
+    first = logs[0]
+    for log in logs[1:]:
+        assert log == first, "honest verifiers committed different claims or orders"
+    digests = {net.reps[i].app.reputation_digest() for i in honest}
+    assert len(digests) == 1, "honest verifiers' reputation diverged"
+    # Committed logs are prefixes of one another (some may have committed a trailing empty block
+    # more), and every block with claims is in all of them.
+    blocks = [[b for b, _ in net.reps[i].store.rows] for i in honest]
+    longest = max(blocks, key=len)
+    for b in blocks:
+        assert b == longest[: len(b)], "honest ledgers hold conflicting committed blocks"
+    with_rows = [[b for b, rows in net.reps[i].store.rows if rows] for i in honest]
+    assert all(w == with_rows[0] for w in with_rows)
+
+
+@pytest.mark.parametrize("n", [4, 7])
+def test_honest_group_commits_every_claim_once_and_agrees(n):
+    net = Net(n)
+    entries = workload(net)
+    net.run()
+    for i in range(n):
+        assert sorted(net.tasks(i)) == sorted(entries), f"verifier {i}"
+        assert set(net.committed[i]) == set(entries.values())  # the dispatcher's exact bytes
+    assert_honest_agree(net)
+    # Executor 3 answered wrong on 3 tasks: flagged by every verifier, from committed records.
+    rec = {r.executor_id: r for r in net.reps[0].app.reputation.records()}
+    assert rec["ex3"].disagreed == 3 and rec["ex0"].agreed == 6
+
+
+def test_an_idle_group_sends_nothing():
+    net = Net(4)
+    net.run()
+    assert net.sent == 0
+    workload(net, 2)
+    net.run()
+    sent = net.sent
+    for _ in range(200):  # long after the commits: no timer runs, no block is proposed
+        for i in range(4):
+            if net.reps[i].busy():
+                net.reps[i].tick()
+            net.pump(i)
+    assert net.sent == sent
+
+
+@pytest.mark.parametrize("fault", ["censor", "bad_verdict", "silent", "wrong_vote"])
+@pytest.mark.parametrize("n", [4, 7])
+def test_up_to_f_byzantine_verifiers_gain_nothing_but_delay(fault, n):
+    f = (n - 1) // 3
+    # Verifier 1 leads round 1, so a Byzantine leader is in charge from the start.
+    faults = {1 + 2 * k: fault for k in range(f)}
+    net = Net(n, faults)
+    entries = workload(net)
+    net.run()
+    for i in net.honest():
+        assert sorted(net.tasks(i)) == sorted(entries), f"verifier {i} under {fault}"
+        # Only the dispatcher's own signed bytes ever commit (no rewritten claim).
+        assert set(net.committed[i]) <= set(entries.values())
+    assert_honest_agree(net)
+    if fault == "bad_verdict":
+        refused = sum(
+            net.reps[i].node.stats.rejected.get("invalid_payload", 0) for i in net.honest()
+        )
+        assert refused > 0, "the Byzantine leader's rewritten blocks should have been refused"
+
+
+def test_no_vote_for_a_block_that_leaves_out_an_old_claim():
+    """The censorship rule: a claim held for censor_after ticks must be in the chain voted for."""
+    from bft_ray.consensus import GENESIS_QC, Block
+
+    app = FaultyApp(DISPATCHER.public_bytes, censor_after=5)
+    entry, answers = make_claim("c", {0: np.ones(2), 1: np.ones(2), 3: np.ones(2)})
+    app.offer(entry, recheck(SignedClaim.decode(entry).claim, answers))
+    empty = Block(1, GENESIS_QC, b"", 1)
+    assert app.validate_payload(empty)  # young claim: an empty block is fine
+    app.now += 5
+    assert not app.validate_payload(Block(2, GENESIS_QC, b"", 2))
+    from bft_ray.verifier.claims import encode_payload
+
+    assert app.validate_payload(Block(3, GENESIS_QC, encode_payload([entry]), 3))
+
+
+def _wrong_representative(claim: VerdictClaim) -> VerdictClaim:
+    """A lying dispatcher: certify the wrong executor's answer (digest and representative)."""
+    return dataclasses.replace(claim, digest=b"\x01" * 32, representative="ex3")
+
+
+def _invented_timeout(claim: VerdictClaim) -> VerdictClaim:
+    reps = list(claim.replicas)
+    r = reps[0]
+    reps[0] = ReplicaClaim(r.executor_id, r.slot, 0, r.object_id, "failed", "timeout", "made up")
+    return dataclasses.replace(claim, replicas=tuple(reps))
+
+
+def _dropped_flag(claim: VerdictClaim) -> VerdictClaim:
+    js = tuple(dataclasses.replace(j, label="agreed") for j in claim.judgements)
+    return dataclasses.replace(claim, judgements=js)
+
+
+@pytest.mark.parametrize("lie", [_wrong_representative, _invented_timeout, _dropped_flag])
+def test_a_lying_dispatcher_claim_never_commits_even_with_f_wrong_voters(lie):
+    good = np.arange(3.0)
+    values = {0: good, 1: good, 3: good + 100.0}
+    net = Net(4, {2: "wrong_vote"})
+    entry, answers = make_claim("lie", values, lie=lie)
+    assert not recheck(SignedClaim.decode(entry).claim, answers).ok
+    net.offer(entry, answers)
+    honest_entry, honest_answers = make_claim("ok", values)
+    net.offer(honest_entry, honest_answers)
+    net.run(5_000)
+    for i in net.honest():
+        assert "lie" not in net.tasks(i)
+        assert "ok" in net.tasks(i)
+
+
+def test_seeded_bug_voting_without_recheck_is_caught():
+    """With the recheck skipped everywhere, the lying claim commits: the test above can fail."""
+    good = np.arange(3.0)
+    net = Net(4, app_cls=AlwaysValid)
+    entry, answers = make_claim("lie", {0: good, 1: good, 3: good + 100.0}, lie=_dropped_flag)
+    net.offer(entry, answers)
+    net.run(5_000)
+    assert "lie" in net.tasks(0)
+
+
+def test_restarted_replica_recovers_and_never_votes_twice():
+    net = Net(4)
+    workload(net, 3)
+    net.run()
+    victim = net.reps[2]
+    history = victim.store.safety_history()
+    rounds = [s.last_voted_round for s in history]
+    assert rounds == sorted(rounds) and rounds
+    # Rebuild replica 2 from its persisted state; it must refuse to vote again in old rounds.
+    vs, signers, verifier = sim_crypto(4)
+    app = FaultyApp(DISPATCHER.public_bytes)
+    node = Node(
+        NodeConfig(2, vs, base_timeout_ticks=4),
+        signers[2],
+        verifier,
+        app,
+        recovery=victim.store.recovery(),
+    )
+    assert node.safety_data.last_voted_round == rounds[-1]
+    net.reps[2] = VerifierReplica(node, app, victim.store)
+    workload_more = make_claim("later", {0: np.ones(2), 1: np.ones(2), 3: np.ones(2)})
+    net.offer(*workload_more)
+    net.run()
+    assert "later" in net.tasks(2) and "later" in net.tasks(0)
+    after = [s.last_voted_round for s in net.reps[2].store.safety_history()]
+    assert after == sorted(after)
