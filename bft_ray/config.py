@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import fnmatch
+import json
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -121,19 +122,27 @@ class Tolerance(_Model):
         return self
 
     def describe(self) -> str:
-        """A short human-readable form, used in diffs and certificates."""
+        """A short human-readable form, used in diffs and certificates.
+
+        Injective (certificates bind it): floats are written exactly (``repr``) and override
+        patterns as JSON strings, so two different tolerances never read the same.
+
+        Example:
+            >>> Tolerance(rtol=1e-5, atol=1e-6, overrides={"loss": Tolerance(mode="exact")}).describe()
+            'allclose(rtol=1e-05, atol=1e-06) overrides{"loss": exact}'
+        """
         base = {
             "exact": "exact",
-            "allclose": f"allclose(rtol={self.rtol:g}, atol={self.atol:g})",
+            "allclose": f"allclose(rtol={self.rtol!r}, atol={self.atol!r})",
             "ulp": f"ulp(max_ulps={self.max_ulps})",
-            "l2": f"l2(rtol={self.rtol:g}, atol={self.atol:g})",
+            "l2": f"l2(rtol={self.rtol!r}, atol={self.atol!r})",
         }[self.mode]
         if self.equal_nan:
             base += "+equal_nan"
         if self.overrides:
             base += (
                 " overrides{"
-                + ", ".join(f"{k}: {v.describe()}" for k, v in self.overrides.items())
+                + ", ".join(f"{json.dumps(k)}: {v.describe()}" for k, v in self.overrides.items())
                 + "}"
             )
         return base

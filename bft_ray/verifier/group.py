@@ -228,6 +228,8 @@ class BftVerifier:
         app = FaultyApp(s.dispatcher_key, max_claims=s.max_claims, censor_after=s.censor_after)
         app.fault = self.fault
         app.continuous = s.continuous
+        # After a restart: the same committed set and reputation as before the crash.
+        app.restore([b for _, b in ledger.committed(1)])
         node = Node(
             NodeConfig(
                 s.index,
@@ -377,6 +379,10 @@ class BftVerifier:
         result = recheck(sc.claim, answers)
         if not result.ok:
             self.counters["refused"] += 1
+            rep.offer(entry, result)
+            if self.fault != "wrong_vote":
+                # Say so at once: with f + 1 refusals the dispatcher knows it cannot certify.
+                return {"index": self.index, "ok": False, "reason": result.reason}
         done = self._done.get(sc.task_id)
         if done is None:
             rep.offer(entry, result)
@@ -410,17 +416,19 @@ class BftVerifier:
                 out[r.object_id] = NoAnswer(Status.INVALID, "object not produced by that executor")
                 continue
             guard.guard_actor(actor_bytes)
-            if r.state == "failed":
-                ready, _ = ray.wait([ref], timeout=0, fetch_local=False)
-                if not ready:
-                    out[r.object_id] = NoAnswer(Status.TIMEOUT, "no answer when the claim arrived")
-                    continue
+            # A failed replica's object too is read to its final state (the dispatcher kills a
+            # stalled executor, so it errors): objects never change once written, so every
+            # honest verifier sees the same thing, and an answer that made it counts.
             reads.append((r.object_id, ref))
 
         async def read(oid: str, ref: Any) -> None:
             try:
                 out[oid] = await asyncio.wait_for(
                     asyncio.wrap_future(ref.future()), self.setup.read_timeout_s
+                )
+            except asyncio.TimeoutError:
+                out[oid] = NoAnswer(
+                    Status.TIMEOUT, f"no answer within {self.setup.read_timeout_s:g}s"
                 )
             except BaseException as exc:
                 out[oid] = guard.no_answer(exc)

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bft_ray.config import Policy
+from bft_ray.executor.envelope import EnvelopeError, parse
 from bft_ray.verifier.admission import Expected, NoAnswer, Status, admit, failed
 from bft_ray.verifier.claims import Judged, VerdictClaim
 from bft_ray.verifier.decision import CallState, Judgement, Label, Step, VerdictRecord
@@ -99,34 +100,59 @@ def _recheck(claim: VerdictClaim, answers: Mapping[str, Any]) -> Recheck:
     keys = {eid: key for eid, key, _ in claim.executors}
     if len(keys) != len(claim.executors):
         return _invalid("an executor is registered twice")
-    slots = [r.slot for r in claim.replicas if r.executor_id != "-"]
+    if len(set(keys.values())) != len(keys):
+        return _invalid("two executors share a key")
+    if "-" in keys:
+        return _invalid("'-' (no executor) cannot be registered")
+    real = [r for r in claim.replicas if r.executor_id != "-"]
+    slots = [r.slot for r in real]
     if len(set(slots)) != len(slots):
         return _invalid("two replicas on one slot")
+    if len({r.executor_id for r in real}) != len(real):
+        return _invalid("one executor holds two replicas")
     if len(claim.replicas) > int(policy.max_replicas or policy.replicas) + policy.replicas:
         return _invalid("more replicas than the policy allows")
     state = CallState(claim.task_id, policy, claim.tiebreak)
     state.start(len(claim.replicas))
     for r in claim.replicas:
+        if r.executor_id == "-":
+            # No executor was available: nothing was sent, nobody is judged but "-".
+            if r.state != "failed" or r.failure != "crashed" or r.object_id or r.slot != "-":
+                return _invalid("a replica without an executor can only have failed to start")
+        elif r.executor_id not in keys:
+            return _invalid(f"replica on {r.executor_id} names an unregistered executor")
         expected = Expected(
             claim.task_id, r.attempt, r.executor_id, r.slot, keys.get(r.executor_id)
         )
-        if r.executor_id != "-" and r.executor_id not in keys:
-            return _invalid(f"replica on {r.executor_id} names an unregistered executor")
         if r.state == "running":
             continue
+        if r.object_id and r.object_id not in answers:
+            return _invalid(f"the object of {r.executor_id}'s replica was not handed over")
         got = answers.get(r.object_id) if r.object_id else None
         if r.state == "answered":
-            if not isinstance(got, bytes):
-                return _invalid(f"the answer of {r.executor_id} could not be read here")
-            state.feed(admit(got, expected))
+            out = admit(got, expected)
+            if not out.comparable:
+                return _invalid(f"the answer of {r.executor_id} is not admissible: {out.reason}")
+            state.feed(out)
             continue
-        # failed: there must have been no usable answer when the claim reached this verifier.
+        # failed: there must have been no usable answer in the object this verifier read.
+        if not r.object_id and r.failure != "crashed":
+            return _invalid(f"{r.executor_id} {r.failure}: the claim names no object to check")
         if isinstance(got, bytes):
             out = admit(got, expected)
             if out.comparable:
                 return _invalid(
                     f"claims {r.executor_id} {r.failure}, but its signed answer was there"
                 )
+            if _misattributed(got, claim.task_id, keys.get(r.executor_id), r):
+                return _invalid(
+                    f"{r.executor_id}'s signed answer for this task is attributed to another "
+                    "attempt, executor or slot by the claim"
+                )
+            if r.failure != "invalid":
+                return _invalid(f"claims {r.executor_id} {r.failure}, but it answered (invalid)")
+            state.feed(out)  # the executor's own signed but inadmissible answer: evidence kept
+            continue
         state.feed(failed(expected, _FAILURE_STATUS[r.failure], r.reason))
     decision = state.decide(spare=0)
     if claim.step == "accept":
@@ -171,6 +197,21 @@ def record_of(claim: VerdictClaim) -> VerdictRecord:
         ),
         claim.tiebreak,
     )
+
+
+def _misattributed(raw: bytes, task_id: str, key: bytes | None, r: Any) -> bool:
+    """Whether ``raw`` is a validly signed answer for ``task_id`` under ``key`` that names
+    another attempt, executor or slot than the claim's replica (the claim's fault, not the
+    executor's)."""
+    try:
+        env = parse(raw)
+    except EnvelopeError:
+        return False
+    if key is None or env.task_id != task_id or env.public_key != key:
+        return False
+    if not env.attestation().verify(expected_key=key):
+        return False
+    return (env.attempt, env.executor_id, env.slot) != (r.attempt, r.executor_id, r.slot)
 
 
 def observed_failure(status: Status, reason: str) -> NoAnswer:

@@ -16,7 +16,9 @@ The Ray actor (:mod:`bft_ray.verifier.group`) and the tests' in-memory network d
 * **Voting.** A replica votes for a block only if every claim in it is one it rechecked and
   found valid, and the block does not leave out a valid claim it has held for more than
   ``censor_after`` ticks (a censoring leader's blocks get no votes, its round times out, and the
-  next leader orders the claim).
+  next leader orders the claim). A claim still uncommitted after ``give_up_after`` ticks is
+  dropped, so honest verifiers that judged one claim differently cannot block each other for
+  good.
 * **Applying.** A committed claim's judgements are the record every verifier applies to its
   reputation, including one that never read the answers: they were rechecked by the
   ``2f + 1`` voters, at least ``f + 1`` of them honest.
@@ -95,10 +97,20 @@ class VerdictApp:
         censor_after: Ticks a valid claim may wait before a block that omits it gets no vote.
     """
 
-    def __init__(self, dispatcher_key: bytes, max_claims: int = 256, censor_after: int = 20):
+    def __init__(
+        self,
+        dispatcher_key: bytes,
+        max_claims: int = 256,
+        censor_after: int = 20,
+        give_up_after: int | None = None,
+    ):
         self.dispatcher_key = dispatcher_key
         self.max_claims = max_claims
         self.censor_after = censor_after
+        # A claim still uncommitted after this many ticks is dropped: honest verifiers that
+        # read its answers differently (an answer that landed between their reads) would
+        # otherwise refuse each other's blocks forever. The call then fails to certify.
+        self.give_up_after = give_up_after if give_up_after is not None else 10 * censor_after
         self.now = 0
         self._held: OrderedDict[str, _Held] = OrderedDict()  # task id -> valid, uncommitted
         self._rejected: dict[bytes, Recheck] = {}  # entry digest -> invalid recheck
@@ -227,6 +239,7 @@ class VerdictApp:
             r = self.recheck_of(entry)
             if r is None or not r.ok:
                 return False
+        self._expire()
         in_chain = self._chain_tasks(block.id)
         for task_id, held in self._held.items():
             if self.now - held.since < self.censor_after:
@@ -235,6 +248,16 @@ class VerdictApp:
                 logger.info("block of round %d leaves out %s: no vote", block.round, task_id)
                 return False
         return True
+
+    def _expire(self) -> None:
+        while self._held:
+            task_id, held = next(iter(self._held.items()))
+            if self.now - held.since < self.give_up_after:
+                return
+            logger.warning(
+                "claim for %s not committed after %d ticks: dropped", task_id, self.now - held.since
+            )
+            del self._held[task_id]
 
     # -- applying ----------------------------------------------------------------------------
 
@@ -259,6 +282,11 @@ class VerdictApp:
             out.append(Committed(sc.task_id, i, sc, block, mine))
         self._blocks = {k: v for k, v in self._blocks.items() if v[1] >= self.committed_round}
         return out
+
+    def restore(self, blocks: Sequence[Block]) -> None:
+        """Rebuild the committed set and reputation from committed blocks (after a restart)."""
+        for block in blocks:
+            self.commit(block)
 
     def reputation_digest(self) -> bytes:
         """Digest of the reputation state (equal on every honest verifier)."""
@@ -353,8 +381,9 @@ class VerifierReplica:
         return self.node.step(message)
 
     def tick(self) -> None:
-        """One logical tick (timers, censorship clock)."""
+        """One logical tick (timers, censorship clock, dropping claims that never commit)."""
         self.app.now += 1
+        self.app._expire()
         self.node.tick()
 
     def offer(self, entry: bytes, result: Recheck) -> bool:

@@ -777,6 +777,8 @@ class TrustedVerifier:
                     continue
                 if not isinstance(ack, dict) or not ack.get("ok"):
                     refusals.append(str(ack.get("reason") if isinstance(ack, dict) else ack))
+                    if len(refusals) > f:
+                        break  # at most 2f verifiers left: 2f + 1 signatures are out of reach
                     continue
                 pub, sig = ack.get("public_key"), ack.get("signature")
                 where = (ack.get("block_round"), ack.get("block_id"))
@@ -805,10 +807,15 @@ class TrustedVerifier:
                         return dataclasses.replace(body, signatures=sigs)
         except asyncio.TimeoutError:
             pass
+        why = (
+            f"{len(refusals)} of {n} verifiers refused or failed"
+            if len(refusals) > f
+            else f"no quorum of signatures within {self.certify_timeout_s:g}s "
+            f"({len(refusals)} refused or failed)"
+        )
         raise VerificationError(
-            f"{rep.call.name} ({claim.task_id}): the verifier group did not certify the verdict "
-            f"within {self.certify_timeout_s:g}s ({len(refusals)} verifier(s) refused or "
-            f"failed: {'; '.join(refusals[:4]) or 'none'}). Check cluster.verifier_status()."
+            f"{rep.call.name} ({claim.task_id}): the verifier group did not certify the verdict: "
+            f"{why}: {'; '.join(refusals[:4]) or 'no answer'}. Check cluster.verifier_status()."
         )
 
     def _register(self, eid: str) -> None:

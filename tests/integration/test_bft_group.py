@@ -200,6 +200,10 @@ def test_a_verifier_that_crashes_restarts_recovers_and_never_votes_twice(cluster
     assert len(voted) > 3 and voted == sorted(voted)
     reports = audit_dir(os.path.dirname(st["ledger"]), verifier_keys=cluster.verifier_keys())
     assert len(reports) == 4 and all(r.ok for r in reports), [r.line() for r in reports]
+    # It rebuilt its reputation from the ledger: the same state as everyone else's.
+    run_one_by_one(1, offset=70)
+    digests, _ = wait_settled(cluster)
+    assert len(digests) == 1
 
 
 def test_an_attached_process_checks_group_certificates(cluster):
