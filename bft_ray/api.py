@@ -175,12 +175,24 @@ class BftCluster:
         ``{"index": i, "error": ...}``.
         """
         out = []
-        for i, h in enumerate(self._group):
+        for i, h in enumerate(self._group_handles()):
             try:
                 out.append(ray.get(h.status.remote(), timeout=30))
             except Exception as exc:
                 out.append({"index": i, "error": f"{type(exc).__name__}: {exc}"[:200]})
         return out
+
+    def _group_handles(self) -> list[Any]:
+        """The verifier actors: the owner's handles, or found by name in an attached process."""
+        if self._group or self.spec.verifiers <= 1:
+            return list(self._group)
+        handles = []
+        for i in range(self.spec.verifiers):
+            try:
+                handles.append(ray.get_actor(group_actor_name(self.name, i), namespace=NAMESPACE))
+            except ValueError:
+                handles.append(_Missing(i))
+        return handles
 
     def inject_verifier_fault(self, index: int, fault: str) -> str:
         """BFT mode: change verifier ``index``'s behaviour at run time (owner only).
@@ -625,6 +637,17 @@ def _start_group(
     ray.get(dispatcher.attach_group.remote(admin, handles, keys), timeout=60)
     logger.info("bft-ray verifier group: n=%d, f=%d, ledgers in %s", n, (n - 1) // 3, ledger_dir)
     return handles, keys
+
+
+class _Missing:
+    """Stands for a verifier actor that cannot be found (its status reports the error)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    @property
+    def status(self) -> Any:
+        raise ValueError(f"verifier {self.index} is not running")
 
 
 def _actor_name(name: str) -> str:

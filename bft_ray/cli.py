@@ -1,12 +1,21 @@
 """The ``bft-ray`` command line (also ``python -m bft_ray``).
 
-Commands:
+Commands (``--help`` on each; exit status 0 on success, 1 on a failed check, 2 on a usage
+error):
 
+* ``demo [ARGS]``: the demo job (:mod:`bft_ray.demo`) on a local Ray.
+* ``status [--address A] [--name N] [--json]``: attach to a running bft-ray cluster and show
+  its executors (trust, flags, quarantine), counters and, in BFT mode, each verifier.
+* ``keys [--address A] [--name N]``: the running cluster's verifier public keys as JSON (the
+  ``--keys`` file of ``verify`` and ``audit``).
+* ``verify CERT.json --keys KEYS.json [--task-id T] [--value-digest HEX]``: check a
+  certificate offline (no Ray needed).
 * ``audit PATH [--keys FILE]``: audit a verifier ledger file, or every ``*.sqlite`` ledger in
   a directory (:mod:`bft_ray.verifier.audit`). ``FILE`` is a JSON list of the verifiers'
   public keys in hex; with it the ledgers must name exactly those keys. Prints one line per
-  ledger; exits 0 if every ledger passes, 1 if one fails (or there is none), 2 on a usage
-  error.
+  ledger; exits 0 if every ledger passes, 1 if one fails (or there is none).
+* ``bench [NAME ...] [--quick]``: run the benchmarks of a source checkout.
+* ``sdc-check``: the fleet silent-data-corruption check (:mod:`bft_ray.sdc`).
 
 Example:
     >>> from click.testing import CliRunner
@@ -19,7 +28,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -86,3 +99,193 @@ def audit(path: Path, keys_file: Path | None) -> None:
     if len(reports) > 1:
         click.echo(f"{len(reports) - failed} of {len(reports)} ledgers pass")
     click.get_current_context().exit(1 if failed else 0)
+
+
+# -- demo, status, keys, verify, bench ----------------------------------------------------------
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Run the demo (verified calls with lying executors and a Byzantine verifier).
+
+    Extra arguments go to the demo, e.g. ``bft-ray demo --tasks 20 --verifiers 1``
+    (``bft-ray demo --help`` lists them).
+    """
+    from bft_ray.demo import main as demo_main
+
+    ctx.exit(demo_main(list(ctx.args)))
+
+
+def _attach(address: str | None, name: str) -> Any:
+    """Connect to Ray and attach to the bft-ray cluster ``name`` (never create one)."""
+    import ray
+
+    from bft_ray.api import _attach as attach
+
+    target = address or os.environ.get("RAY_ADDRESS") or "auto"
+    try:
+        ray.init(address=target, logging_level=logging.WARNING, log_to_driver=False)
+    except Exception as exc:  # no Ray there: say so plainly
+        raise click.ClickException(
+            f"cannot connect to Ray at {target!r}: {exc}. Pass --address (or set RAY_ADDRESS) "
+            "to the cluster that runs bft-ray."
+        ) from None
+    cluster = attach(name)
+    if cluster is None:
+        raise click.ClickException(
+            f"no bft-ray cluster named {name!r} runs in the Ray cluster at {target!r} "
+            "(start one with bft_ray.init(), or pass --name)."
+        )
+    return cluster
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+_ADDRESS = click.option(
+    "--address", default=None, help="Ray address (default: RAY_ADDRESS or auto)."
+)
+_NAME = click.option("--name", default="default", show_default=True, help="bft-ray cluster name.")
+
+
+@main.command()
+@_ADDRESS
+@_NAME
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def status(address: str | None, name: str, as_json: bool) -> None:
+    """Show a running cluster: executors, trust, flags, quarantine, verifiers."""
+    cluster = _attach(address, name)
+    report = cluster.report()
+    verifiers = cluster.verifier_status() if cluster.spec.verifiers > 1 else []
+    if as_json:
+        click.echo(
+            json.dumps(
+                _jsonable(
+                    {
+                        "name": name,
+                        "executors": report.executors,
+                        "counters": report.counters,
+                        "verifiers": verifiers,
+                        "verifier_keys": cluster.verifier_keys(),
+                    }
+                ),
+                indent=2,
+                sort_keys=True,
+            )
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(report.table())
+    if verifiers:
+        table = Table(title=f"verifier group (n={len(verifiers)})", title_justify="left")
+        for col in ("verifier", "behaviour", "round", "committed round", "pending", "ledger rows"):
+            table.add_column(col)
+        for v in verifiers:
+            if "error" in v:
+                table.add_row(str(v["index"]), f"[red]{v['error']}[/]", "", "", "", "")
+            else:
+                table.add_row(
+                    str(v["index"]),
+                    v["fault"],
+                    str(v["round"]),
+                    str(v["committed_round"]),
+                    str(v["pending"]),
+                    str(v["ledger_height"]),
+                )
+        console.print(table)
+
+
+@main.command()
+@_ADDRESS
+@_NAME
+def keys(address: str | None, name: str) -> None:
+    """Print the running cluster's verifier public keys as a JSON list of hex strings."""
+    cluster = _attach(address, name)
+    click.echo(json.dumps([k.hex() for k in cluster.verifier_keys()]))
+
+
+@main.command()
+@click.argument("cert_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--keys",
+    "keys_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON list of the verifiers' public keys (hex), e.g. from `bft-ray keys`.",
+)
+@click.option("--task-id", default=None, help="The certificate must be for this task.")
+@click.option("--value-digest", default=None, help="The certified digest must be this (hex).")
+def verify(cert_file: Path, keys_file: Path, task_id: str | None, value_digest: str | None) -> None:
+    """Check a certificate (JSON) offline against the verifiers' keys."""
+    from bft_ray.errors import CertificateError
+    from bft_ray.verifier.certificate import Certificate, verify_certificate
+
+    keys_ = _read_keys(keys_file)
+    digest = None
+    if value_digest is not None:
+        try:
+            digest = bytes.fromhex(value_digest)
+        except ValueError:
+            raise click.BadParameter("not hex", param_hint="--value-digest") from None
+    try:
+        cert = Certificate.from_json(cert_file.read_text())
+        verify_certificate(cert, keys_, task_id=task_id, value_digest=digest, raise_on_failure=True)
+    except (CertificateError, UnicodeDecodeError) as exc:
+        click.echo(f"INVALID  {cert_file}: {exc}")
+        click.get_current_context().exit(1)
+    click.echo(
+        f"VALID    {cert_file}: task {cert.task_id} ({cert.mode}), digest {cert.digest.hex()[:16]}, "
+        f"{len(cert.agreeing)} agreeing executors, {len(cert.signatures)} verifier signatures"
+    )
+
+
+_BENCHES = ("overhead", "compare", "consensus", "throughput", "bft", "robust")
+
+
+@main.command()
+@click.argument("names", nargs=-1, type=click.Choice(_BENCHES))
+@click.option("--quick", is_flag=True, help="Smoke-sized runs.")
+def bench(names: tuple[str, ...], quick: bool) -> None:
+    """Run benchmarks of a source checkout (default: all but robust); results in benchmarks/results/."""
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    if not root.is_dir():
+        raise click.ClickException(
+            "benchmarks/ is not next to this installation: run from a source checkout "
+            "(git clone, then `make bench`)."
+        )
+    failed = []
+    for name in names or [b for b in _BENCHES if b != "robust"]:
+        script = root / f"bench_{name}.py"
+        if not script.exists():
+            raise click.ClickException(f"{script} is missing")
+        click.echo(f"== bench {name}")
+        cmd = [sys.executable, str(script)] + (["--quick"] if quick else [])
+        if subprocess.run(cmd, check=False).returncode != 0:
+            failed.append(name)
+    if failed:
+        click.echo(f"failed: {', '.join(failed)}")
+        click.get_current_context().exit(1)
+
+
+def _register_optional() -> None:
+    # The SDC check pulls in torch; register it only where its module exists.
+    try:
+        from bft_ray.sdc import sdc_check_command
+    except ImportError as exc:  # pragma: no cover - only without the sdc module
+        logger.debug("sdc-check unavailable: %s", exc)
+        return
+    main.add_command(sdc_check_command, "sdc-check")
+
+
+_register_optional()

@@ -1,153 +1,15 @@
-"""The main bft-ray job: verified numpy and torch work on executors that include liars.
+"""The main bft-ray job (``make demo``, ``ray job submit``): see :mod:`bft_ray.demo`.
 
-Runs on a local embedded Ray (``make demo``) or on a cluster with ``ray job submit``::
+Runs on a local embedded Ray, or on a cluster::
 
     ray job submit --working-dir . -- python jobs/demo.py --gpus-per-executor 0
-
-Four executors, each holding one (logical) GPU: executor 2 adds Gaussian noise to everything it
-returns, executor 3 flips a bit in some of its answers. About 50 verified calls (matrix products
-through ``@verified_remote`` functions, a seeded MLP's forward pass through a replicated
-``@verified_remote`` class) run with a progress bar. Every accepted value is checked against a
-local recomputation; the job fails if a wrong value was ever accepted. At the end it prints the
-per-executor table and one certificate, verified offline.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 
-import numpy as np
-import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-import bft_ray
-
-TOL = bft_ray.Tolerance(rtol=1e-5, atol=1e-6)
-
-
-@bft_ray.verified_remote(replicas=3, quorum=2, num_gpus=1, tolerance=TOL)
-def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return a @ b
-
-
-def make_mlp(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)  # weights from a fixed seed: nothing is downloaded
-    return torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
-
-
-@bft_ray.verified_remote(replicas=3, quorum=2, num_gpus=1, tolerance=TOL)
-class Classifier:
-    """A replicated model: every executor holding a replica builds the same seeded weights."""
-
-    def __init__(self, seed: int) -> None:
-        self.device = bft_ray.device()
-        self.model = make_mlp(seed).to(self.device).eval()
-
-    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            logits = self.model(x.to(self.device)).cpu()
-        return {"logits": logits, "label": logits.argmax(dim=1)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=50, help="verified calls to run (default 50)")
-    parser.add_argument("--executors", type=int, default=4)
-    parser.add_argument(
-        "--gpus-per-executor", type=float, default=1.0, help="0 on a cluster without GPUs"
-    )
-    parser.add_argument("--wave", type=int, default=5, help="calls in flight at once")
-    args = parser.parse_args(argv)
-    if args.executors < 4:
-        parser.error("the demo injects faults into executors 2 and 3: use --executors >= 4")
-
-    console = Console(width=None if sys.stdout.isatty() else 120)
-    start = time.perf_counter()
-    cluster = bft_ray.init(
-        executors=args.executors,
-        gpus_per_executor=args.gpus_per_executor,
-        faults={
-            2: bft_ray.faults.gaussian_noise(0.05),
-            3: bft_ray.faults.intermittent(0.3, "bitflip"),
-        },
-        num_cpus=max(8, args.executors + 2),
-        object_store_memory=512 * 1024**2,
-    )
-    matmul_ = matmul.options(num_gpus=args.gpus_per_executor)
-    classifier = Classifier.options(num_gpus=args.gpus_per_executor).remote(seed=0)
-    reference = make_mlp(0).eval()
-    console.print(
-        f"[bold]bft-ray demo[/]: {args.executors} executors, executor 2 adds noise, executor 3 flips bits"
-    )
-
-    rng = np.random.default_rng(0)
-    accepted = refused = wrong = 0
-    example = None
-    with Progress(
-        TextColumn("verified calls"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        bar = progress.add_task("calls", total=args.tasks, status="")
-        done = 0
-        while done < args.tasks:
-            batch = []
-            for i in range(min(args.wave, args.tasks - done)):
-                if (done + i) % 2 == 0:
-                    a, b = rng.standard_normal((96, 96)), rng.standard_normal((96, 96))
-                    batch.append((matmul_.remote(a, b), a @ b))
-                else:
-                    x = torch.from_numpy(rng.standard_normal((32, 64)).astype(np.float32))
-                    with torch.no_grad():
-                        expected = reference(x)
-                    batch.append((classifier.predict.remote(x), expected))
-            for ref, expected in batch:
-                try:
-                    value = bft_ray.get(ref, timeout=120)
-                except bft_ray.NoQuorumError:
-                    refused += 1  # replicas disagreed and no majority existed: nothing accepted
-                else:
-                    got = value["logits"].numpy() if isinstance(value, dict) else value
-                    want = expected.numpy() if isinstance(expected, torch.Tensor) else expected
-                    ok = np.allclose(got, want, rtol=1e-4, atol=1e-5)
-                    accepted += ok
-                    wrong += not ok
-                    example = example or ref
-                done += 1
-                progress.update(
-                    bar, advance=1, status=f"accepted {accepted}, refused {refused}, wrong {wrong}"
-                )
-
-    report = cluster.report()
-    console.print(report.table())
-    cert = bft_ray.certificate(example)
-    console.print(cert.summary())
-    valid = bft_ray.verify_certificate(
-        cert,
-        cluster.verifier_keys(),
-        executor_keys=cluster.executor_keys().values(),
-        value=bft_ray.get(example),
-    )
-    console.print(f"certificate verifies offline: [bold]{valid}[/]")
-    elapsed = time.perf_counter() - start
-    console.print(
-        f"{accepted} accepted, {refused} refused for lack of a quorum, {wrong} wrong values accepted; "
-        f"{elapsed:.1f}s"
-    )
-    cluster.shutdown()
-    if wrong or not valid:
-        console.print(
-            "[bold red]FAILED: a wrong value was accepted or the certificate did not verify"
-        )
-        return 1
-    return 0
-
+from bft_ray.demo import main
 
 if __name__ == "__main__":
     sys.exit(main())
