@@ -27,3 +27,14 @@ def test_exploration_notebook_executes(tmp_path):
     )
     assert "valid: True" in outputs and "valid for a tampered value: False" in outputs
     assert "attestation signature valid: True" in outputs
+    assert "exact: refused" in outputs and "atol=0.1: accepted" in outputs
+    assert "median verdict latency" in outputs
+    images = [
+        o
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for o in cell.get("outputs", [])
+        if "image/png" in o.get("data", {})
+    ]
+    assert images, "the pictures cell drew nothing"
+    assert "bft valid: True" in outputs and "certificate with 3 verifier signatures" in outputs
