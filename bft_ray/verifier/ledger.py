@@ -51,12 +51,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -420,8 +421,13 @@ class Ledger:
         validators: ValidatorSet,
         signing_key: SigningKey,
         commit_rule: CommitRule = CommitRule.TWO_CHAIN,
+        check_signatures: bool = True,
     ) -> None:
         self.path = Path(path)
+        # The verifier group rechecks every attestation before voting; it passes False to
+        # skip verifying them a second time on append (the audit always verifies them).
+        self.check_signatures = check_signatures
+        self._batch_depth = 0
         if not 0 <= index < validators.n:
             raise LedgerError(f"index {index} is not a replica of a set of {validators.n}")
         if signing_key.public_bytes != bytes(validators.public_keys[index]):
@@ -539,8 +545,34 @@ class Ledger:
             raise LedgerError(f"ledger {self.path} is closed")
         return self._conn
 
-    def _tx(self) -> _Transaction:
+    def _tx(self) -> Any:
+        if self._batch_depth:
+            return contextlib.nullcontext(self._c())  # inside batch(): one commit at its end
         return _Transaction(self._c())
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """One durable transaction for several ``persist``/``append`` calls.
+
+        The drain loop wraps a whole ``Ready`` (persist and the commits it applies) in one
+        batch: one disk sync instead of several, and still durable before any message of it is
+        sent (the caller sends after the batch). On an exception nothing of the batch is
+        written, and this ledger object must be reopened (its cached position may be ahead).
+        """
+        with self._lock:
+            if self._batch_depth:
+                self._batch_depth += 1
+                try:
+                    yield
+                finally:
+                    self._batch_depth -= 1
+                return
+            with _Transaction(self._c()):
+                self._batch_depth = 1
+                try:
+                    yield
+                finally:
+                    self._batch_depth = 0
 
     # -- the Ready contract ----------------------------------------------------------------
 
@@ -629,7 +661,7 @@ class Ledger:
             height = self._height + 1
             stored = []
             for v in rows:
-                why = check_verdict_row(v, entries)
+                why = check_verdict_row(v, entries, signatures=self.check_signatures)
                 if why:
                     raise LedgerError(f"{self.path}: verdict row for {v.task_id!r}: {why}")
                 if v.entry in seen:

@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections import OrderedDict
@@ -405,13 +406,18 @@ class VerifierReplica:
         """
         sends: list[Outgoing] = []
         applied: list[Committed] = []
-        while self.node.has_ready():
-            rd = self.node.ready()
-            self.store.persist(rd)  # durable BEFORE any of rd.messages leaves
-            sends.extend(rd.messages)
-            for cb in rd.committed:
-                done = self.app.commit(cb.block)
-                self.store.append(cb, self.rows(done))
-                applied.extend(done)
-            self.node.advance(rd)
+        if not self.node.has_ready():
+            return sends, applied
+        batch = getattr(self.store, "batch", None)
+        # One durable write for everything below; the messages are handed out only after it.
+        with batch() if batch is not None else contextlib.nullcontext():
+            while self.node.has_ready():
+                rd = self.node.ready()
+                self.store.persist(rd)  # durable (at the batch's end) BEFORE rd.messages leave
+                sends.extend(rd.messages)
+                for cb in rd.committed:
+                    done = self.app.commit(cb.block)
+                    self.store.append(cb, self.rows(done))
+                    applied.extend(done)
+                self.node.advance(rd)
         return sends, applied
