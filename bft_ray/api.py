@@ -30,6 +30,7 @@ import math
 import os
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, TypeVar, overload
@@ -738,12 +739,14 @@ def _refs_of(refs: Any) -> tuple[list[ObjectRef], bool]:
 
 
 @overload
-def get(refs: ObjectRef, *, timeout: float | None = None) -> Any: ...
+def get(refs: ObjectRef, *, timeout: float | None = None, progress: bool | str = False) -> Any: ...
 @overload
-def get(refs: Sequence[ObjectRef], *, timeout: float | None = None) -> list[Any]: ...
+def get(
+    refs: Sequence[ObjectRef], *, timeout: float | None = None, progress: bool | str = False
+) -> list[Any]: ...
 
 
-def get(refs: Any, *, timeout: float | None = None) -> Any:
+def get(refs: Any, *, timeout: float | None = None, progress: bool | str = False) -> Any:
     """Like ``ray.get``, with bft-ray errors raised as themselves.
 
     ``ray.get`` works on verified refs too; this raises ``NoQuorumError`` and friends
@@ -753,6 +756,9 @@ def get(refs: Any, *, timeout: float | None = None) -> Any:
     Args:
         refs: A ref returned by a verified call, or a list of them (any ObjectRef works).
         timeout: Seconds to wait; ``None`` waits forever.
+        progress: ``True``, or a description, to show a progress bar (``rich``, on stderr) of
+            the refs done so far. Values are then fetched as their refs complete, and the
+            first failed one (in completion order) raises at once.
 
     Raises:
         NoQuorumError: Replicas disagreed beyond the tolerance and escalation did not help.
@@ -761,10 +767,15 @@ def get(refs: Any, *, timeout: float | None = None) -> Any:
 
     Example:
         >>> value = bft_ray.get(square.remote(3), timeout=60)  # doctest: +SKIP
+        >>> values = bft_ray.get(refs, progress="training steps")  # doctest: +SKIP
     """
     object_refs, single = _refs_of(refs)
     try:
-        values = ray.get(object_refs, timeout=timeout)
+        if progress:
+            desc = progress if isinstance(progress, str) else "verified calls"
+            values = _get_with_progress(object_refs, timeout, desc)
+        else:
+            values = ray.get(object_refs, timeout=timeout)
     except ray.exceptions.GetTimeoutError:
         raise VerificationTimeoutError(
             f"verified result not ready within {timeout}s. {_pending_phases(object_refs)}"
@@ -773,6 +784,47 @@ def get(refs: Any, *, timeout: float | None = None) -> Any:
     except ray.exceptions.RayTaskError as exc:
         raise _unwrap(exc) from None
     return values[0] if single else values
+
+
+def _get_with_progress(refs: list[ObjectRef], timeout: float | None, desc: str) -> list[Any]:
+    """``ray.get(refs, timeout=timeout)`` with a progress bar advancing as refs complete.
+
+    Raises ``GetTimeoutError`` (and the refs' own errors) as ``ray.get`` does.
+    """
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+    pending = list(dict.fromkeys(refs))  # ray.wait refuses duplicates
+    values: dict[ObjectRef, Any] = {}
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(desc, total=len(pending))
+        while pending:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            ready, pending = ray.wait(pending, num_returns=1, timeout=left)
+            if not ready:
+                raise ray.exceptions.GetTimeoutError(
+                    f"Get timed out: {len(pending)} of {len(values) + len(pending)} not ready"
+                )
+            if pending:  # everything else already done leaves with it
+                more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+                ready += more
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            values.update(zip(ready, ray.get(ready, timeout=left)))
+            bar.advance(task, len(ready))
+    return [values[r] for r in refs]
 
 
 def _pending_phases(refs: list[ObjectRef], limit: int = 3) -> str:

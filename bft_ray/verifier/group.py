@@ -63,6 +63,7 @@ from bft_ray.consensus.types import proposal_signing_bytes
 from bft_ray.crypto import SigningKey
 from bft_ray.errors import CapabilityError
 from bft_ray.executor import guard
+from bft_ray.metrics import GroupMetrics
 from bft_ray.verifier.admission import NoAnswer, Status
 from bft_ray.verifier.byzantine import FaultyApp
 from bft_ray.verifier.certificate import Certificate, FunctionId
@@ -193,6 +194,7 @@ class BftVerifier:
         self._handled = 0
         self._ticker: asyncio.Task | None = None
         self.counters = {"claims": 0, "refused": 0, "committed": 0, "messages": 0, "sent": 0}
+        self.metrics = GroupMetrics(setup.cluster, setup.index)  # Prometheus (bft_ray.metrics)
         if setup.group_path.exists():
             keys = [bytes.fromhex(k) for k in json.loads(setup.group_path.read_text())["keys"]]
             self._start(keys)  # a restart: recover from the ledger
@@ -317,8 +319,10 @@ class BftVerifier:
         sends, applied = rep.drain()
         for out in sends:
             self._send(out)
+        self.metrics.node_stats(rep.node.stats)
         for c in applied:
             self.counters["committed"] += 1
+            self.metrics.committed(c.task_id, c.claim.claim.step == "accept")
             self._done[c.task_id] = c
             if len(self._done) > 50_000:
                 self._done.popitem(last=False)
@@ -379,12 +383,14 @@ class BftVerifier:
                 "ok": False,
                 "reason": "claim not signed by the dispatcher",
             }
+        self.metrics.claim(sc.task_id)
         if self.fault == "silent":
             return {"index": self.index, "ok": False, "reason": "silent"}
         answers = await self._read(sc.claim, {r.hex(): r for r in refs})
         result = recheck(sc.claim, answers)
         if not result.ok:
             self.counters["refused"] += 1
+            self.metrics.refused()
             rep.offer(entry, result)
             if self.fault != "wrong_vote":
                 # Say so at once: with f + 1 refusals the dispatcher knows it cannot certify.

@@ -56,6 +56,16 @@ from bft_ray.executor import guard
 from bft_ray.executor.actor import TaskSpec, slot_capability
 from bft_ray.executor.guard import no_answer
 from bft_ray.executor.pool import ExecutorPool, PoolSetup, Slot
+from bft_ray.metrics import (
+    CALLS_ACCEPTED,
+    CALLS_FAILED,
+    CALLS_VERIFIED,
+    ESCALATIONS,
+    REPLACEMENTS,
+    USER_ERRORS,
+    VerifierMetrics,
+    cluster_of_actor,
+)
 from bft_ray.trust.reputation import QuarantinePolicy, Reputation
 from bft_ray.verifier.admission import Expected, NoAnswer, Outcome, Status, admit, failed
 from bft_ray.verifier.certificate import Certificate, VerifierSignature
@@ -184,6 +194,7 @@ class TrustedVerifier:
             "batches": 0,  # executor calls that carried several replicas
             "batched_replicas": 0,
         }
+        self.metrics = VerifierMetrics(cluster_of_actor())  # Prometheus (bft_ray.metrics)
         for eid in self.pool.infos:
             self._register(eid)
 
@@ -992,6 +1003,7 @@ class TrustedVerifier:
         for j in record.judgements:
             self._register(j.executor_id)
         self.reputation.apply(record)
+        self.metrics.judged(record.judgements)
         for j in record.judgements:
             if j.label.flags:
                 self._maybe_quarantine(j.executor_id)
@@ -1120,8 +1132,9 @@ class _Replication:
         self.start(picked)
 
     async def finish(self) -> tuple[Any, Callable[[], Certificate]]:
-        counters = self.v.counters
+        counters, metrics, fn = self.v.counters, self.v.metrics, self.call.name
         counters["calls"] += 1
+        metrics.count(CALLS_VERIFIED, fn)
         self.state.start(len(self.running))
         while True:
             decision = self.state.decide(spare=self.spare())
@@ -1129,17 +1142,21 @@ class _Replication:
                 break
             if decision.step is Step.FAIL:
                 counters["failed"] += 1
+                metrics.count(CALLS_FAILED, fn)
                 assert decision.record is not None
                 if self.v.group is not None:
                     await self.v._certify(self, decision)  # the failure is on the record too
                 self.v._apply(decision.record, self.instance)
+                metrics.verdict(fn, "failed", time.monotonic() - self.started, len(self.trail))
                 raise self._no_verdict(decision)
             if decision.step is Step.REPLACE:
                 counters["replacements"] += decision.count
+                metrics.count(REPLACEMENTS, fn, decision.count)
                 self._dispatch(decision.count)
                 continue
             if decision.step is Step.ESCALATE:
                 counters["escalations"] += 1
+                metrics.count(ESCALATIONS, fn)
                 logger.info(
                     "%s %s: %s, adding %d replicas",
                     self.call.name,
@@ -1156,6 +1173,7 @@ class _Replication:
         record = decision.record
         assert record is not None and record.accepted is not None
         counters["accepted"] += 1
+        metrics.count(CALLS_ACCEPTED, fn)
         if self.v.group is not None:
             group_cert = await self.v._certify(self, decision)
             cert: Callable[[], Certificate] = lambda: group_cert  # noqa: E731
@@ -1165,14 +1183,12 @@ class _Replication:
             self.v._track(self._judge_late())
         else:
             self.v._apply(self.state.final_record(), self.instance)
-        logger.debug(
-            "%s %s accepted in %.3fs",
-            self.call.name,
-            self.call.task_id,
-            time.monotonic() - self.started,
-        )
+        elapsed = time.monotonic() - self.started
+        metrics.verdict(fn, "accepted", elapsed, len(self.trail))
+        logger.debug("%s %s accepted in %.3fs", fn, self.call.task_id, elapsed)
         if record.accepted.status is Status.ERROR:
             counters["user_errors"] += 1
+            metrics.count(USER_ERRORS, fn)
             raise _agreed_exception(record.accepted, self.call.name)
         return accepted_result(record), cert
 

@@ -63,7 +63,7 @@ def test_status_of_a_cluster_that_does_not_run_fails_clearly(running):
 
 
 def test_keys_then_verify_a_certificate_offline(running, tmp_path):
-    cluster, address = running
+    _, address = running
     ref = double.remote(np.arange(4))
     bft_ray.get(ref, timeout=120)
     keys = cli("keys", "--address", address)
