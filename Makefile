@@ -8,7 +8,7 @@ STAMP := $(VENV)/.bft-ray-installed
 export RAY_DEDUP_LOGS ?= 0
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test test-full bench bench-overhead bench-compare bench-consensus bench-robust bench-throughput profile-verified lint format clean
+.PHONY: setup demo test test-full bench bench-overhead bench-compare bench-consensus bench-robust bench-throughput bench-bft profile-verified lint format clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,7 @@ test: $(STAMP)
 test-full: $(STAMP)
 	BFT_RAY_FULL=1 $(BIN)/python -m pytest -q
 
-bench: bench-overhead bench-compare bench-consensus bench-throughput
+bench: bench-overhead bench-compare bench-consensus bench-throughput bench-bft
 
 bench-overhead: $(STAMP)
 	$(BIN)/python benchmarks/bench_overhead.py
@@ -43,6 +43,9 @@ bench-consensus: $(STAMP)
 
 bench-throughput: $(STAMP)
 	$(BIN)/python benchmarks/bench_throughput.py
+
+bench-bft: $(STAMP)
+	$(BIN)/python benchmarks/bench_bft.py
 
 profile-verified: $(STAMP)
 	$(BIN)/python benchmarks/profile_verified_path.py
