@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     signers = len(cert.signatures)
     console.print(
-        f"certificate ({cert.mode}, {signers} verifier signatures) verifies offline: [bold]{valid}[/]"
+        f"certificate verifies offline: [bold]{valid}[/] ({cert.mode} mode, {signers} verifier "
+        "signatures)"
     )
     elapsed = time.perf_counter() - start
     console.print(
