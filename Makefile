@@ -7,6 +7,8 @@ STAMP := $(VENV)/.bft-ray-installed
 # Keep the test-time Ray clusters small on a 2-core machine.
 export RAY_DEDUP_LOGS ?= 0
 export RAY_USAGE_STATS_ENABLED ?= 0
+# A crash in native code prints the Python stacks of every thread.
+export PYTHONFAULTHANDLER ?= 1
 
 .PHONY: setup demo test test-full bench bench-overhead bench-compare bench-consensus bench-robust bench-throughput bench-bft profile-verified lint format clean
 

@@ -29,3 +29,16 @@ FULL = bool(os.environ.get("BFT_RAY_FULL"))
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"bft-ray suite: {'full' if FULL else 'bounded sample (set BFT_RAY_FULL=1 or run make test-full for all)'}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_ray_left_running():
+    """Leave no bft-ray cluster or Ray running when the session ends (modules start their own)."""
+    yield
+    import ray
+
+    import bft_ray
+
+    bft_ray.shutdown()
+    if ray.is_initialized():
+        ray.shutdown()
