@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 # A crash in native code prints the Python stacks of every thread.
 export PYTHONFAULTHANDLER ?= 1
 
-.PHONY: setup demo test test-full bench bench-overhead bench-compare bench-consensus bench-robust bench-throughput bench-bft profile-verified lint format clean
+.PHONY: setup demo sdc-check test test-full bench bench-overhead bench-compare bench-consensus bench-robust bench-throughput bench-bft profile-verified lint format clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python jobs/demo.py
+
+sdc-check: $(STAMP)
+	$(BIN)/python jobs/sdc_check.py --level quick
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
