@@ -36,7 +36,6 @@ import hmac
 import json
 import logging
 import os
-import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -559,7 +558,3 @@ def _forged(msg: Any) -> Any:
     if isinstance(msg, Vote | Proposal | Timeout):
         return dataclasses.replace(msg, signature=bad)
     return msg
-
-
-def _monotonic() -> float:
-    return time.monotonic()

@@ -33,7 +33,7 @@ from typing import Any
 
 from bft_ray.config import Policy
 from bft_ray.executor.envelope import EnvelopeError, parse
-from bft_ray.verifier.admission import Expected, NoAnswer, Status, admit, failed
+from bft_ray.verifier.admission import Expected, Status, admit, failed
 from bft_ray.verifier.claims import Judged, VerdictClaim
 from bft_ray.verifier.decision import CallState, Judgement, Label, Step, VerdictRecord
 
@@ -212,8 +212,3 @@ def _misattributed(raw: bytes, task_id: str, key: bytes | None, r: Any) -> bool:
     if not env.attestation().verify(expected_key=key):
         return False
     return (env.attempt, env.executor_id, env.slot) != (r.attempt, r.executor_id, r.slot)
-
-
-def observed_failure(status: Status, reason: str) -> NoAnswer:
-    """What a verifier records for an object with no usable answer when a claim arrived."""
-    return NoAnswer(status, reason)
