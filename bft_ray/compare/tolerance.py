@@ -36,7 +36,7 @@ import numpy as np
 from bft_ray.compare.canonical import BYTE_STRING_TAGS, Canonical, Leaf, canonicalize
 from bft_ray.config import Tolerance
 
-__all__ = ["Comparison", "LeafDiff", "compare", "leaves_agree"]
+__all__ = ["Comparison", "LeafDiff", "compare", "leaves_agree", "tolerance_ratio"]
 
 # Elements per chunk for the elementwise kernels. The allclose kernel sizes its chunks in bytes
 # instead (CHUNK_BYTES per buffer, which measured best for float32 and float64 alike: the
@@ -145,6 +145,66 @@ def leaves_agree(a: np.ndarray, b: np.ndarray, tolerance: Tolerance) -> bool:
 
 
 _TEXT_TAGS = BYTE_STRING_TAGS
+
+
+def tolerance_ratio(a: Any, b: Any, tolerance: Tolerance) -> float:
+    """How far apart two *agreeing* outputs are, in units of the tolerance.
+
+    0 means identical, 1 the edge of agreement: the largest, over float leaves, of
+    ``|a - b| / (atol + rtol * max(|a|, |b|))`` (``allclose``), the ULP distance over
+    ``max_ulps`` (``ulp``) or the L2 distance over its bound (``l2``). Exact leaves count 0 when
+    equal. Outputs that do not agree, or non-finite values, give ``inf``. Drift detection
+    (:mod:`bft_ray.trust.drift`) watches this number grow before results start to disagree.
+
+    Example:
+        >>> import numpy as np
+        >>> t = Tolerance(rtol=1e-5, atol=0)
+        >>> round(tolerance_ratio(np.array([1.0]), np.array([1.0 + 5e-6]), t), 3)
+        0.5
+        >>> tolerance_ratio(np.array([1.0]), np.array([2.0]), t)
+        inf
+    """
+    ca, cb = _as_canonical(a), _as_canonical(b)
+    if ca == cb:
+        return 0.0
+    if not compare(ca, cb, tolerance, detail=False).agree:
+        return float("inf")
+    worst = 0.0
+    for la, lb in zip(ca.leaves, cb.leaves):
+        tol = tolerance.for_path(la.path)
+        if not la.is_float or tol.mode == "exact":
+            continue
+        wide = np.float64 if la.array.dtype.kind == "f" else np.complex128
+        x = la.array.reshape(-1).astype(wide)
+        y = lb.array.reshape(-1).astype(x.dtype)
+        if x.size == 0:
+            continue
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            finite = np.isfinite(x) & np.isfinite(y)
+            x, y = x[finite], y[finite]
+            if x.size == 0:
+                continue
+            if tol.mode == "allclose":
+                bound = tol.atol + tol.rtol * np.maximum(np.abs(x), np.abs(y))
+                d = np.abs(x - y)
+                safe = np.where(bound > 0, bound, 1.0)
+                r = np.where(bound > 0, d / safe, np.where(d > 0, np.inf, 0.0))
+                worst = max(worst, float(r.max()))
+            elif tol.mode == "ulp":
+                if la.array.dtype.kind != "f":
+                    continue
+                xs = la.array.reshape(-1)[finite]
+                ys = lb.array.reshape(-1)[finite]
+                dist = float(np.abs(_ordered_ints(xs) - _ordered_ints(ys)).max())
+                if tol.max_ulps:
+                    worst = max(worst, dist / tol.max_ulps)
+                elif dist > 0:
+                    return float("inf")
+            else:
+                bound = tol.atol + tol.rtol * max(np.linalg.norm(x), np.linalg.norm(y))
+                d = float(np.linalg.norm(x - y))
+                worst = max(worst, d / bound if bound > 0 else (np.inf if d > 0 else 0.0))
+    return worst
 
 
 def _short(leaf: Leaf) -> str:

@@ -32,6 +32,7 @@ class Candidate:
     executor_id: str
     node_id: str
     slot: str = ""  # the slot (a GPU of a node); a respawn keeps it. Defaults to the id.
+    group: str = ""  # owner or collusion group: one task never runs on two of the same group
 
     @property
     def slot_key(self) -> str:
@@ -54,6 +55,7 @@ def assign(
     exclude: Collection[str] = (),
     avoid_nodes: Collection[str] = (),
     load: Mapping[str, int] | None = None,
+    avoid_groups: Collection[str] = (),
 ) -> list[Candidate]:
     """Pick up to ``k`` distinct executors for ``key``.
 
@@ -66,28 +68,41 @@ def assign(
         avoid_nodes: Nodes already holding a replica of this task; used only when no other
             node is left.
         load: Calls in flight per executor id; less loaded executors come first.
+        avoid_groups: Owner groups already holding a replica of this task. Unlike nodes this
+            is a hard rule (anti-collusion): executors of a group never share a task, even if
+            that leaves fewer than ``k``. The empty group is no group.
 
     Returns:
-        At most ``k`` candidates, on distinct nodes whenever enough nodes exist.
+        At most ``k`` candidates, on distinct nodes whenever enough nodes exist, and never two
+        of the same non-empty group.
     """
     order = [
         c
         for c in rendezvous_order(key, candidates)
-        if c.slot_key not in exclude and c.executor_id not in exclude
+        if c.slot_key not in exclude
+        and c.executor_id not in exclude
+        and not (c.group and c.group in avoid_groups)
     ]
     if load:
         order.sort(key=lambda c: load.get(c.executor_id, 0))  # stable: ties keep hash order
     picked: list[Candidate] = []
     used_nodes = set(avoid_nodes)
+    used_groups: set[str] = set()
+
+    def free(c: Candidate) -> bool:
+        return not (c.group and c.group in used_groups)
+
     for c in order:  # first pass: one per node
         if len(picked) == k:
             return picked
-        if c.node_id not in used_nodes:
+        if c.node_id not in used_nodes and free(c):
             picked.append(c)
             used_nodes.add(c.node_id)
+            used_groups.add(c.group)
     for c in order:  # then fill from nodes already used
         if len(picked) == k:
             break
-        if c not in picked:
+        if c not in picked and free(c):
             picked.append(c)
+            used_groups.add(c.group)
     return picked
