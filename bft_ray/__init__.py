@@ -50,11 +50,14 @@ from bft_ray.errors import (
     VerificationTimeoutError,
 )
 from bft_ray.report import Report
+from bft_ray.trust.plans import Adaptive, Replicate, SpotCheck, adaptive, spot_check
+from bft_ray.trust.standing import Prices
 from bft_ray.verifier.certificate import Certificate, verify_certificate
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adaptive",
     "BftCluster",
     "BftRayError",
     "CapabilityError",
@@ -65,7 +68,10 @@ __all__ = [
     "ExecutorUnavailableError",
     "NoQuorumError",
     "Policy",
+    "Prices",
+    "Replicate",
     "Report",
+    "SpotCheck",
     "Tolerance",
     "UserCodeError",
     "VerificationError",
@@ -74,6 +80,7 @@ __all__ = [
     "VerifiedClass",
     "VerifiedFunction",
     "__version__",
+    "adaptive",
     "certificate",
     "current_cluster",
     "device",
@@ -81,6 +88,7 @@ __all__ = [
     "get",
     "init",
     "shutdown",
+    "spot_check",
     "task_id",
     "verified_remote",
     "verify_certificate",

@@ -49,6 +49,7 @@ from bft_ray.executor import guard
 from bft_ray.executor.actor import inside_executor
 from bft_ray.executor.pool import create_pool, local_gpu_count
 from bft_ray.report import Report
+from bft_ray.trust.plans import CheckerCall, Replicate, plan_from
 from bft_ray.trust.reputation import QuarantinePolicy
 from bft_ray.verifier.certificate import Certificate, FunctionId
 from bft_ray.verifier.group import BftVerifier, GroupSetup
@@ -303,6 +304,54 @@ class BftCluster:
         """Flags raised against an executor, each with its signed evidence."""
         return ray.get(self._verifier.flags.remote(executor_id))
 
+    def trust_report(self) -> dict[str, Any]:
+        """Credit accounts, standing and earned trust per executor, and the tainted results.
+
+        JSON-ready (``json.dump(cluster.trust_report(), f)``; :meth:`export_trust` does it).
+
+        Example:
+            >>> acct = cluster.trust_report()["executors"][0]  # doctest: +SKIP
+            >>> acct["balance"], acct["status"]  # doctest: +SKIP
+            (41.0, 'active')
+        """
+        return ray.get(self._verifier.trust_report.remote())
+
+    def export_trust(self, path: str) -> str:
+        """Write :meth:`trust_report` to ``path`` as JSON; returns the path."""
+        import json
+
+        with open(path, "w") as fh:
+            json.dump(self.trust_report(), fh, indent=2)
+        return path
+
+    def tainted(self) -> list[dict[str, Any]]:
+        """Results accepted from one executor without an audit whose executor was later
+        proven wrong: ``executor``, ``task_id``, ``function``, ``digest``, ``rerunnable``."""
+        return ray.get(self._verifier.tainted.remote())
+
+    def reverify_tainted(self) -> list[dict[str, Any]]:
+        """Re-run every tainted result with full replication on other executors (owner only).
+
+        Returns one row per result, with ``changed`` True where the re-verified value differs
+        from the one that was accepted alone (``None`` and ``error`` if it could not be
+        re-verified). Re-verified results leave the tainted list.
+        """
+        admin = self._need_owner("reverify_tainted")
+        return ray.get(self._verifier.reverify_tainted.remote(admin))
+
+    def reinstate(self, executor_id: str) -> str:
+        """Put a quarantined, banned or suspect executor back in service (owner only).
+
+        Its earned trust is not restored: it is replicated until it earns trust again.
+        """
+        admin = self._need_owner("reinstate")
+        return ray.get(self._verifier.reinstate.remote(admin, executor_id))
+
+    def ban(self, executor_id: str) -> str:
+        """Give an executor no more work, not even canaries, until reinstated (owner only)."""
+        admin = self._need_owner("ban")
+        return ray.get(self._verifier.ban.remote(admin, executor_id))
+
     def _put(self, obj: Any) -> tuple[ObjectRef, FunctionId]:
         # Functions and classes are stored (and identified) once per cluster, not once per call.
         key = id(obj)
@@ -398,6 +447,12 @@ def init(
     quarantine_min_tasks: int = 4,
     verifier_faults: dict[int, str] | None = None,
     ledger_dir: str | None = None,
+    executor_groups: dict[int, str] | None = None,
+    trust_path: str | None = None,
+    prices: dict[str, float] | None = None,
+    readmit_after: int = 5,
+    canary_rate: float = 0.0,
+    canary_interval_s: float = 2.0,
     **ray_init_kwargs: Any,
 ) -> BftCluster:
     """Start or join Ray, then create a bft-ray cluster or attach to the one running.
@@ -439,6 +494,16 @@ def init(
             (names in :data:`bft_ray.faults.VERIFIER_FAULTS`).
         ledger_dir: BFT mode: where each verifier keeps its key and SQLite ledger (one file per
             verifier; audit them with ``bft-ray audit DIR``). Default: a new temporary directory.
+        executor_groups: Owner or collusion group per executor index: replicas (and audits)
+            of one call never run on two executors of the same group.
+        trust_path: File where the trust state (earned trust, credit, standing, taint, drift)
+            is kept; loaded at start if it exists, saved as it changes. Default: in memory.
+        prices: Credit prices: ``reward`` per credited result, ``stake`` per proven wrong
+            result, ``crash_penalty`` per crash or stall (:class:`bft_ray.trust.Prices`).
+        readmit_after: Correct canary tasks in a row that re-admit a quarantined executor.
+        canary_rate: Fraction of verified calls after which a known-answer canary (a replay of
+            a certified call) is sent to one executor that did not run it.
+        canary_interval_s: Seconds between canary rounds for quarantined executors.
         **ray_init_kwargs: Passed to ``ray.init`` when bft-ray starts or joins Ray.
 
     Returns:
@@ -468,6 +533,12 @@ def init(
         quarantine_min_tasks=quarantine_min_tasks,
         verifier_faults=dict(verifier_faults or {}),
         ledger_dir=ledger_dir,
+        executor_groups=dict(executor_groups or {}),
+        trust_path=trust_path,
+        prices=dict(prices or {}),
+        readmit_after=readmit_after,
+        canary_rate=canary_rate,
+        canary_interval_s=canary_interval_s,
     )
     for v_fault in spec.verifier_faults.values():
         fault_lib.resolve_verifier_fault(v_fault)
@@ -1074,6 +1145,10 @@ class VerifiedFunction:
         self._fn = fn
         self._options = dict(options)
         _refuse_generator(fn, getattr(fn, "__qualname__", repr(fn)))
+        options = dict(options)
+        self.plan = plan_from(options.pop("policy", None))
+        checker = getattr(self.plan, "checker", None)
+        self._checker = CheckerCall(checker) if checker is not None else None
         ours, theirs = _split_options(options)
         self.policy = _policy(ours)
         self._call_options = _check_ray_options(fn, theirs)
@@ -1100,11 +1175,29 @@ class VerifiedFunction:
         cluster = current_cluster()
         _check_fits(self.policy, self._ray_options, cluster, self.__qualname__)
         fn_key, fn_id = cluster._function_key(self._fn)
+        plan, checker_key = None, None
+        if not isinstance(self.plan, Replicate):
+            if cluster.spec.verifiers > 1:
+                raise ConfigError(
+                    f"{self.__qualname__}: policy={self.plan.describe()} runs in the trusted "
+                    "mode (verifiers=1) only for now; the BFT group replicates every call. Use "
+                    "policy='replicate' or bft_ray.init(verifiers=1)."
+                )
+            plan = self.plan
+            if self._checker is not None:
+                checker_key, _ = cluster._function_key(self._checker)
         a, kw = _prepare_args(args, kwargs)
         task_id = _new_task_id(self.__name__)
         meta = CallMeta(task_id, self.__qualname__, fn_id, _args_digest(a, kw))
         call = CallSpec(
-            task_id, self.__qualname__, self.policy, self._call_options, meta, self.num_returns
+            task_id,
+            self.__qualname__,
+            self.policy,
+            self._call_options,
+            meta,
+            self.num_returns,
+            plan,
+            checker_key,
         )
         submit = cluster._verifier.submit
         if self.num_returns != 1:
@@ -1121,7 +1214,7 @@ class VerifiedFunction:
         )
 
     def __repr__(self) -> str:
-        return f"VerifiedFunction({self.__qualname__}, {self.policy!r})"
+        return f"VerifiedFunction({self.__qualname__}, {self.policy!r}, {self.plan.describe()})"
 
 
 class VerifiedClass:
@@ -1130,6 +1223,13 @@ class VerifiedClass:
     def __init__(self, cls: type, options: dict[str, Any]) -> None:
         self._cls = cls
         self._options = dict(options)
+        options = dict(options)
+        if not isinstance(plan_from(options.pop("policy", None)), Replicate):
+            raise ConfigError(
+                f"{cls.__qualname__}: replicated instances keep state on every replica, so "
+                "their calls cannot be spot-checked; use policy='replicate' (the default) or "
+                "make the method a stateless verified function."
+            )
         ours, theirs = _split_options(options)
         self.policy = _policy(ours)
         self._call_options = _check_ray_options(cls, theirs)

@@ -228,6 +228,12 @@ class ClusterSpec(_Model):
             (:data:`bft_ray.faults.VERIFIER_FAULTS`).
         ledger_dir: BFT mode: directory of the verifiers' keys and SQLite ledgers (default: a
             new temporary directory).
+        executor_groups: Owner group per executor index (anti-collusion placement).
+        trust_path: File of the persisted trust state (``None``: in memory).
+        prices: Credit prices (``reward``, ``stake``, ``crash_penalty``).
+        readmit_after: Correct canaries that re-admit a quarantined executor.
+        canary_rate: Fraction of calls followed by a known-answer canary.
+        canary_interval_s: Seconds between canary rounds for quarantined executors.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -243,6 +249,12 @@ class ClusterSpec(_Model):
     quarantine_min_tasks: int = Field(4, ge=1)
     verifier_faults: dict[int, str] = Field(default_factory=dict)
     ledger_dir: str | None = None
+    executor_groups: dict[int, str] = Field(default_factory=dict)
+    trust_path: str | None = None
+    prices: dict[str, float] = Field(default_factory=dict)
+    readmit_after: int = Field(5, ge=1)
+    canary_rate: float = Field(0.0, ge=0.0, le=1.0)
+    canary_interval_s: float = Field(2.0, gt=0.0)
 
     @model_validator(mode="after")
     def _check(self) -> ClusterSpec:
@@ -262,6 +274,19 @@ class ClusterSpec(_Model):
                 "verifier_faults need a BFT group (verifiers >= 4); the trusted verifier of "
                 "verifiers=1 is trusted by definition."
             )
+        bad_g = [i for i in self.executor_groups if not 0 <= i < self.executors]
+        if bad_g:
+            raise ValueError(
+                f"executor_groups name executor indices {bad_g} but executors are "
+                f"0..{self.executors - 1}. Use indices inside that range."
+            )
+        unknown = set(self.prices) - {"reward", "stake", "crash_penalty"}
+        if unknown:
+            raise ValueError(
+                f"prices has unknown keys {sorted(unknown)}; use reward, stake and crash_penalty."
+            )
+        if any(v < 0 for v in self.prices.values()):
+            raise ValueError("prices must be >= 0")
         bad = [i for i in self.faults if not 0 <= i < self.executors]
         if bad:
             raise ValueError(

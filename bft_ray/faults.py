@@ -18,6 +18,7 @@ name                      behaviour
 ``slow``                  sleeps ``seconds`` before running, then answers honestly
 ``collude``               members of one group return the same wrong output
 ``intermittent``          applies an inner behaviour with probability ``p``
+``unwatched``             honest at first, then lies whenever it guesses it is not checked
 ``wire(fn)``              replaces the signed answer bytes by ``fn(answer, ctx)`` (anything)
 ========================  =================================================================
 
@@ -60,6 +61,7 @@ __all__ = [
     "Honest",
     "Intermittent",
     "RandomOutput",
+    "Unwatched",
     "Slow",
     "Stale",
     "WireFault",
@@ -75,6 +77,7 @@ __all__ = [
     "resolve",
     "slow",
     "stale",
+    "unwatched",
     "wire",
     "zeros",
 ]
@@ -363,6 +366,37 @@ class Intermittent(Behaviour):
         return self.inner.on_wire(answer, ctx) if self._active(ctx) else answer
 
 
+class Unwatched(Behaviour):
+    """A patient cheater that lies only when it believes nobody checks.
+
+    Honest for its first ``after`` tasks (it earns trust first); afterwards it applies
+    ``inner`` unless its guess says the task will be checked. Its guess is all an executor can
+    compute: a public hash of the task id falling under ``rate`` (the audit rate it assumes).
+    Spot checks draw their audits from a key the executor never sees, so the guess is a coin
+    uncorrelated with the real audits and the cheater is caught at the audit rate anyway.
+    """
+
+    name = "unwatched"
+
+    def __init__(self, rate: float = 0.1, inner: Any = "zeros", after: int = 0) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"unwatched rate must be in [0, 1] (got {rate})")
+        self.rate = rate
+        self.inner = resolve(inner)
+        self.after = after
+        self._seen = 0
+
+    def expects_check(self, task_id: str) -> bool:
+        h = blake3.blake3(task_id.encode()).digest(8)
+        return int.from_bytes(h, "little") / float(1 << 64) < self.rate
+
+    def corrupt(self, output: Any, ctx: FaultContext) -> Any:
+        self._seen += 1
+        if self._seen <= self.after or self.expects_check(ctx.task_id):
+            return output
+        return self.inner.corrupt(output, ctx)
+
+
 class WireFault(Behaviour):
     """Wrap a callable ``(answer_bytes, ctx) -> anything`` that replaces the executor's answer.
 
@@ -448,6 +482,11 @@ def intermittent(p: float = 0.3, inner: Any = "bitflip") -> Behaviour:
     return Intermittent(p, inner)
 
 
+def unwatched(rate: float = 0.1, inner: Any = "zeros", after: int = 0) -> Behaviour:
+    """See :class:`Unwatched`."""
+    return Unwatched(rate, inner, after)
+
+
 def wire(fn: Callable[[bytes, FaultContext], Any]) -> Behaviour:
     """See :class:`WireFault`."""
     return WireFault(fn)
@@ -464,6 +503,7 @@ _REGISTRY: dict[str, Callable[[], Behaviour]] = {
     "slow": slow,
     "collude": collude,
     "intermittent": intermittent,
+    "unwatched": unwatched,
 }
 
 

@@ -30,9 +30,23 @@ _COLUMNS = [
     ("unaligned", "unaligned"),
     ("flagged", "flagged"),
     ("trust", "trust"),
+    ("standing", "standing"),
+    ("group", "group"),
+    ("credit", "credit"),
+    ("tainted", "tainted"),
 ]
 
-_OPTIONAL = {"invalid", "crashed", "timeouts", "disputed", "unaligned", "fault", "slot"}
+_OPTIONAL = {
+    "invalid",
+    "crashed",
+    "timeouts",
+    "disputed",
+    "unaligned",
+    "fault",
+    "slot",
+    "group",
+    "tainted",
+}
 
 
 @dataclasses.dataclass(frozen=True)

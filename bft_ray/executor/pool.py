@@ -327,6 +327,8 @@ class ExecutorPool:
         self._groups: list[PlacementGroup] = []  # placement groups added by grow()
         self._respawn_tasks: set[asyncio.Task] = set()
         self.respawn_timeout_s = 300.0
+        # Owner (anti-collusion) group of each slot index: replicas of one task never share one.
+        self.groups: dict[int, str] = {}
         for s in setup.slots:
             guard.guard_actor(s.handle)  # this process reads their answers too
 
@@ -337,19 +339,44 @@ class ExecutorPool:
         return [s for s in self.slots.values() if s.status == "alive"]
 
     def candidates(self) -> list[Candidate]:
-        return [Candidate(s.info.executor_id, s.info.node_id, s.info.slot) for s in self.live()]
+        return [
+            Candidate(s.info.executor_id, s.info.node_id, s.info.slot, self.groups.get(s.index, ""))
+            for s in self.live()
+        ]
 
-    def pick(self, key: str, k: int, exclude: set[str], avoid_nodes: set[str]) -> list[Slot]:
-        """Up to ``k`` live executors for ``key``, from slots not in ``exclude``."""
+    def group_of(self, executor_id: str) -> str:
+        slot = self.by_id.get(executor_id)
+        return self.groups.get(slot.index, "") if slot is not None else ""
+
+    def pick(
+        self,
+        key: str,
+        k: int,
+        exclude: set[str],
+        avoid_nodes: set[str],
+        avoid_groups: set[str] | None = None,
+    ) -> list[Slot]:
+        """Up to ``k`` live executors for ``key``, from slots not in ``exclude`` and never from
+        an owner group in ``avoid_groups`` (nor two from one group)."""
         load = self.lanes.load()
         for eid, n in self.waiting.items():
             load[eid] = load.get(eid, 0) + n
-        chosen = assign(key, self.candidates(), k, exclude, avoid_nodes, load)
+        chosen = assign(key, self.candidates(), k, exclude, avoid_nodes, load, avoid_groups or ())
         return [self.by_id[c.executor_id] for c in chosen]
 
-    def spare(self, exclude: set[str]) -> int:
-        """Live executors whose slots are not in ``exclude``."""
-        return sum(1 for s in self.live() if s.info.slot not in exclude)
+    def spare(self, exclude: set[str], avoid_groups: set[str] | None = None) -> int:
+        """Live executors whose slots are not in ``exclude`` that could still be picked: an
+        owner group in ``avoid_groups`` gives none, any other group at most one."""
+        ungrouped, groups = 0, set()
+        for s in self.live():
+            if s.info.slot in exclude:
+                continue
+            g = self.groups.get(s.index, "")
+            if not g:
+                ungrouped += 1
+            elif not avoid_groups or g not in avoid_groups:
+                groups.add(g)
+        return ungrouped + len(groups)
 
     def slot_of(self, executor_id: str) -> str:
         return self.infos[executor_id].slot
@@ -523,6 +550,15 @@ class ExecutorPool:
         if self.is_alive(executor_id):
             logger.warning("executor %s quarantined", executor_id)
             self.by_id[executor_id].status = "quarantined"
+
+    def readmit(self, executor_id: str) -> bool:
+        """Give a quarantined executor work again (re-admission or an operator's reinstate)."""
+        slot = self.by_id.get(executor_id)
+        if slot is None or slot.info.executor_id != executor_id or slot.status != "quarantined":
+            return False
+        logger.warning("executor %s re-admitted", executor_id)
+        slot.status = "alive"
+        return True
 
     def require(self, needed: int, what: str) -> None:
         live = len(self.live())

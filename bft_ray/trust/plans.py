@@ -53,6 +53,7 @@ from bft_ray.config import _Model
 
 __all__ = [
     "Adaptive",
+    "CheckerCall",
     "Plan",
     "Replicate",
     "SpotCheck",
@@ -203,6 +204,24 @@ class Adaptive(SpotCheck):
 
 
 Plan = Replicate | SpotCheck | Adaptive
+
+
+class CheckerCall:
+    """What an auditing executor runs for a plan's checker: decode the value, then check it.
+
+    The value travels as the wire bytes the producing executor signed, so the checker sees
+    exactly the committed answer, decoded by the safe decoder (never unpickled).
+    """
+
+    def __init__(self, checker: Callable[..., Any]) -> None:
+        self.checker = checker
+        self.__qualname__ = f"checker({getattr(checker, '__qualname__', 'checker')})"
+        self.__module__ = getattr(checker, "__module__", __name__)
+
+    def __call__(self, wire: bytes, *args: Any, **kwargs: Any) -> bool:
+        from bft_ray.compare.wire import decode
+
+        return bool(self.checker(decode(wire), *args, **kwargs))
 
 
 def spot_check(rate: float, **options: Any) -> SpotCheck:

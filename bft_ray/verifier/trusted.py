@@ -33,7 +33,7 @@ import hmac
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +41,8 @@ import ray
 from ray.exceptions import RayTaskError
 
 from bft_ray.compare.diff import render_disagreement
-from bft_ray.compare.wire import WireItem, WireValue, sequence_length
+from bft_ray.compare.tolerance import compare, tolerance_ratio
+from bft_ray.compare.wire import WireItem, WireValue, decode, sequence_length
 from bft_ray.config import Policy
 from bft_ray.crypto import SigningKey, verify_signature
 from bft_ray.errors import (
@@ -66,7 +67,11 @@ from bft_ray.metrics import (
     VerifierMetrics,
     cluster_of_actor,
 )
+from bft_ray.trust.draw import AuditDraw
+from bft_ray.trust.plans import SpotCheck
 from bft_ray.trust.reputation import QuarantinePolicy, Reputation
+from bft_ray.trust.standing import Prices, Standing
+from bft_ray.trust.standing import Status as TrustStatus
 from bft_ray.verifier.admission import Expected, NoAnswer, Outcome, Status, admit, failed
 from bft_ray.verifier.certificate import Certificate, VerifierSignature
 from bft_ray.verifier.claims import FAILURES, ReplicaClaim, VerdictClaim
@@ -101,6 +106,8 @@ class CallSpec:
     call_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     meta: CallMeta | None = None
     num_returns: int = 1  # > 1: the value must be a list or tuple of that many items
+    plan: Any = None  # bft_ray.trust.plans plan; None is Replicate
+    checker_key: str | None = None  # function key of the plan's checker wrapper, if any
 
 
 @dataclasses.dataclass
@@ -130,6 +137,19 @@ class _Instance:
 
 
 Invoke = Callable[[Slot, TaskSpec], Any]  # returns the ObjectRef of the answer envelope
+CheckInvoke = Callable[[Slot, TaskSpec, bytes], Any]  # runs a checker on the value's wire bytes
+
+
+def _coin() -> float:
+    """A uniform draw in [0, 1) from the OS (canary choices must not be predictable)."""
+    return int.from_bytes(os.urandom(7), "little") / float(1 << 56)
+
+
+def _lone_policy(policy: Policy) -> Policy:
+    """The policy of a result taken from one executor (quorum 1 is stated in its certificate)."""
+    return Policy(
+        replicas=1, quorum=1, tolerance=policy.tolerance, max_replicas=1, timeout_s=policy.timeout_s
+    )
 
 
 class TrustedVerifier:
@@ -193,10 +213,37 @@ class TrustedVerifier:
             "replacements": 0,
             "batches": 0,  # executor calls that carried several replicas
             "batched_replicas": 0,
+            "alone": 0,  # spot-checked calls accepted from one executor without an audit
+            "audits": 0,  # spot-checked calls audited by a second executor or a checker
+            "canaries": 0,  # known-answer tasks run (probation and mixed in)
         }
         self.metrics = VerifierMetrics(cluster_of_actor())  # Prometheus (bft_ray.metrics)
+        # Trust and cost (bft_ray.trust): earned trust per executor x function, credit, taint,
+        # drift, and the secret audit coin of spot checks. Persisted to trust_path if given.
+        self.trust_path: str | None = getattr(spec, "trust_path", None)
+        self.standing = Standing(
+            Prices(**(getattr(spec, "prices", None) or {})),
+            readmit_after=getattr(spec, "readmit_after", 5),
+        )
+        if self.trust_path and os.path.exists(self.trust_path):
+            self.standing = Standing.load(self.trust_path)
+            logger.info("trust state loaded from %s", self.trust_path)
+        self.draw = AuditDraw()
+        self.pool.groups = dict(getattr(spec, "executor_groups", None) or {})
+        self.canary_rate = float(getattr(spec, "canary_rate", 0.0) or 0.0)
+        self.canary_interval_s = float(getattr(spec, "canary_interval_s", 2.0) or 2.0)
+        # Lone, unaudited results that can be re-verified if their executor is proven wrong:
+        # task id -> (call, fn key, args, kwargs); bounded like the certificates.
+        self._lone: OrderedDict[str, tuple] = OrderedDict()
+        # Recent fully replicated calls with inline arguments: the known answers of canaries.
+        self._canaries: deque = deque(maxlen=64)
+        self._save_pending = False
+        self._probation: asyncio.Task | None = None
         for eid in self.pool.infos:
             self._register(eid)
+        for eid, st in self.standing.executors.items():
+            if not st.status.works and self.pool.is_alive(eid):
+                self.pool.quarantine(eid)  # restored: quarantined or banned before the restart
 
     def _authorise(self, capability: Any) -> None:
         if not isinstance(capability, bytes) or not hmac.compare_digest(capability, self._admin):
@@ -245,6 +292,43 @@ class TrustedVerifier:
         if fn_ref is None:
             raise ConfigError(f"{call.name}: function {fn_key} was never registered")
 
+        invoke, confirmed = self._invoker(call, fn_key, fn_ref, args, kwargs)
+        plan = call.plan
+        spot = isinstance(plan, SpotCheck) and self.group is None
+        checker: CheckInvoke | None = None
+        if spot and call.checker_key is not None:
+            checker_ref = self._function_refs.get(call.checker_key)
+            if checker_ref is None:
+                raise ConfigError(f"{call.name}: its checker was never registered")
+            checker_key = call.checker_key
+
+            def checker(slot: Slot, spec: TaskSpec, wire: bytes) -> Any:
+                return slot.handle.run.remote(
+                    self.pool.setup.capability(slot.index),
+                    spec,
+                    checker_key,
+                    checker_ref,
+                    wire,
+                    *args,
+                    **kwargs,
+                )
+
+        async def run() -> tuple[Any, Callable[[], Certificate]]:
+            await self._arguments_ready(call.task_id, args, kwargs)
+            self.pool.require(int(call.policy.quorum or 1), call.name)
+            rep = _Replication(self, call, invoke, instance=None, on_outcome=confirmed)
+            rep.rerun = (fn_key, args, kwargs)
+            if spot:
+                return await rep.spot_check(plan, checker)
+            rep.start(rep.pick(call.policy.replicas))
+            return await rep.finish()
+
+        return await self._verdict(call, run())
+
+    def _invoker(
+        self, call: CallSpec, fn_key: str, fn_ref: Any, args: list, kwargs: dict
+    ) -> tuple[Invoke, Callable[[Outcome], None]]:
+        """How a replica of this call is sent to a slot, and what confirms the slot holds it."""
         batchable = not any(isinstance(a, ray.ObjectRef) for a in (*args, *kwargs.values()))
 
         def invoke(slot: Slot, spec: TaskSpec) -> Any:
@@ -271,14 +355,7 @@ class TrustedVerifier:
             if out.comparable:
                 self._functions_held.setdefault(out.executor_id, set()).add(fn_key)
 
-        async def run() -> tuple[Any, Callable[[], Certificate]]:
-            await self._arguments_ready(call.task_id, args, kwargs)
-            self.pool.require(int(call.policy.quorum or 1), call.name)
-            rep = _Replication(self, call, invoke, instance=None, on_outcome=confirmed)
-            rep.start(rep.pick(call.policy.replicas))
-            return await rep.finish()
-
-        return await self._verdict(call, run())
+        return invoke, confirmed
 
     async def create_instance(
         self,
@@ -659,6 +736,12 @@ class TrustedVerifier:
             info = self.pool.infos[row["executor"]]
             row["fault"] = info.fault
             row["slot"] = info.slot
+            acct = self.standing.account(row["executor"])
+            row["standing"] = acct["status"]
+            row["group"] = acct["group"]
+            row["credit"] = round(acct["balance"], 6)
+            row["tainted"] = acct["tainted"]
+        self._save_now()
         return {
             "executors": rows,
             "counters": {
@@ -713,6 +796,187 @@ class TrustedVerifier:
             if s.status in wanted
         ]
 
+    # -- trust and cost (bft_ray.trust) --------------------------------------------------
+
+    async def trust_report(self) -> dict[str, Any]:
+        """Credit accounts, standing and earned trust per executor, and the tainted results."""
+        self._save_now()
+        return {
+            "prices": self.standing.prices.model_dump(),
+            "executors": [
+                {**self.standing.account(eid), "functions": self.standing.functions(eid)}
+                for eid in sorted(self.standing.executors)
+            ],
+            "tainted": await self.tainted(),
+            "counters": dict(self.counters),
+        }
+
+    async def tainted(self) -> list[dict[str, Any]]:
+        """Lone results of executors later proven wrong (candidates for re-verification)."""
+        return [
+            {
+                "executor": eid,
+                "task_id": t.task_id,
+                "function": t.function,
+                "digest": t.digest,
+                "rerunnable": t.task_id in self._lone,
+            }
+            for eid, rows in sorted(self.standing.tainted.items())
+            for t in rows
+        ]
+
+    async def reinstate(self, capability: bytes, executor_id: str) -> str:
+        """Operator: put a quarantined, banned or suspect executor back in service."""
+        self._authorise(capability)
+        self._need_executor(executor_id)
+        self.standing.reinstate(executor_id)
+        self.pool.readmit(executor_id)
+        self._save_now()
+        return self.standing.get(executor_id).status.value
+
+    async def ban(self, capability: bytes, executor_id: str) -> str:
+        """Operator: no more work and no canaries for this executor until reinstated."""
+        self._authorise(capability)
+        self._need_executor(executor_id)
+        self.standing.ban(executor_id)
+        self.pool.quarantine(executor_id)
+        self._save_now()
+        return self.standing.get(executor_id).status.value
+
+    def _need_executor(self, executor_id: str) -> None:
+        if executor_id not in self.pool.by_id:
+            known = ", ".join(sorted(self.pool.by_id))
+            raise ConfigError(f"no executor {executor_id!r}; known executors: {known}")
+
+    async def reverify_tainted(self, capability: bytes) -> list[dict[str, Any]]:
+        """Re-run every tainted result with full replication, without its executor.
+
+        Returns one row per tainted result: ``changed`` says whether the re-verified value
+        differs from the one accepted alone (``error`` if re-verification failed). Rows that
+        were re-verified leave the tainted list.
+        """
+        self._authorise(capability)
+        rows = []
+        for eid, tainted in sorted(self.standing.tainted.items()):
+            done: set[str] = set()
+            for t in list(tainted):
+                row = {"executor": eid, "task_id": t.task_id, "function": t.function}
+                kept = self._lone.get(t.task_id)
+                if kept is None:
+                    rows.append({**row, "changed": None, "error": "arguments no longer kept"})
+                    continue
+                call, (fn_key, args, kwargs) = kept
+                again = dataclasses.replace(
+                    call, task_id=f"{call.task_id}/reverify", plan=None, checker_key=None
+                )
+                invoke, confirmed = self._invoker(
+                    again, fn_key, self._function_refs.get(fn_key), args, kwargs
+                )
+                rep = _Replication(self, again, invoke, instance=None, on_outcome=confirmed)
+                rep.used_slots.add(self.pool.slot_of(eid))  # never the executor under suspicion
+                try:
+                    rep.start(rep.pick(again.policy.replicas))
+                    await rep.finish()
+                    record = rep.state.record
+                    assert record is not None and record.accepted is not None
+                    new = (record.accepted.digest or b"").hex()
+                    rows.append({**row, "changed": new != t.digest, "digest": new})
+                except Exception as exc:
+                    rows.append({**row, "changed": None, "error": f"{type(exc).__name__}: {exc}"})
+                    continue
+                finally:
+                    self._active.pop(again.task_id, None)
+                done.add(t.task_id)
+                self._lone.pop(t.task_id, None)
+            self.standing.clear_tainted(eid, done)
+        self._save_now()
+        return rows
+
+    def _remember_lone(self, rep: _Replication) -> None:
+        if rep.rerun is None:
+            return
+        self._lone[rep.call.task_id] = (rep.call, rep.rerun)
+        while len(self._lone) > self.standing.keep_unverified:
+            self._lone.popitem(last=False)
+
+    def _offer_canary(self, rep: _Replication) -> None:
+        """Keep a replicated verdict as a known answer; maybe mix a canary in now."""
+        if rep.rerun is None or rep.instance is not None or rep.call.num_returns != 1:
+            return
+        record = rep.state.record
+        if record is None or record.accepted is None or record.accepted.canonical is None:
+            return
+        _, args, kwargs = rep.rerun
+        if any(isinstance(a, ray.ObjectRef) for a in (*args, *kwargs.values())):
+            return  # a canary must not pin the caller's objects
+        ran = {eid for (eid, _) in rep.trail}
+        self._canaries.append((rep.call, rep.rerun, record.accepted.canonical, ran, rep.fn))
+        if self.canary_rate > 0 and _coin() < self.canary_rate:
+            others = [s for s in self.pool.live() if s.info.executor_id not in ran]
+            if others:
+                slot = others[int(_coin() * len(others))]
+                self._track(self._run_canary(slot, self._canaries[-1]))
+
+    def _start_probation(self) -> None:
+        # Not a background task of settle(): probation lasts until re-admission, and a report
+        # must not wait for it.
+        if self._probation is None or self._probation.done():
+            self._probation = asyncio.ensure_future(self._probation_loop())
+
+    async def _probation_loop(self) -> None:
+        """Quarantined executors run canaries until they are re-admitted (or banned)."""
+        while True:
+            on_probation = [
+                s
+                for s in self.pool.slots.values()
+                if s.status == "quarantined"
+                and self.standing.get(s.info.executor_id).status is TrustStatus.QUARANTINED
+            ]
+            if not on_probation:
+                return
+            for slot in on_probation:
+                entry = next(
+                    (c for c in reversed(self._canaries) if slot.info.executor_id not in c[3]),
+                    None,
+                )
+                if entry is not None:
+                    await self._run_canary(slot, entry)
+            await asyncio.sleep(self.canary_interval_s)
+
+    async def _run_canary(self, slot: Slot, entry: tuple) -> bool | None:
+        """Send a known-answer task to one executor; it looks like any other call to it."""
+        call, (fn_key, args, kwargs), expected, _, fn = entry
+        eid = slot.info.executor_id
+        prefix = call.task_id.rsplit("-", 1)[0]
+        task_id = f"{prefix}-{os.urandom(8).hex()}"  # the format of every task id
+        spec = TaskSpec(task_id, 0, call.name)
+        held = fn_key in self._functions_held.get(eid, ())
+        ref = slot.handle.run.remote(
+            self.pool.setup.capability(slot.index),
+            spec,
+            fn_key,
+            None if held else self._function_refs.get(fn_key),
+            *args,
+            **kwargs,
+        )
+        self.counters["canaries"] += 1
+        out = await self._receive(slot, spec, self._send(slot, ref), call.policy.timeout_s)
+        if not out.comparable or out.canonical is None:
+            self._lost(out, task_id)
+            return None
+        passed = bool(compare(out.canonical, expected, call.policy.tolerance, detail=False).agree)
+        if not passed:
+            self.reputation.record(
+                eid, "disagreed", task_id, "failed a known-answer canary", out.attestation
+            )
+        result = self.standing.canary(eid, passed, fn, task_id)
+        if result == "readmitted":
+            self.pool.readmit(eid)
+        elif result == "failed":
+            self._maybe_quarantine(eid)
+        self._save_soon()
+        return passed
+
     async def flags(self, executor_id: str) -> list:
         """The flags (with evidence) raised against one executor."""
         return list(self.reputation.get(executor_id).flags)
@@ -750,8 +1014,11 @@ class TrustedVerifier:
         }
 
     async def shutdown(self, capability: bytes) -> None:
-        """Stop all executors; calls in flight fail."""
+        """Stop all executors; calls in flight fail. The trust state is saved first."""
         self._authorise(capability)
+        self._save_now()
+        if self._probation is not None:
+            self._probation.cancel()
         self.pool.shutdown()
 
     # -- bookkeeping shared by replications ------------------------------------------------
@@ -833,6 +1100,7 @@ class TrustedVerifier:
         info = self.pool.infos.get(eid)
         if info is not None:
             self.reputation.register(eid, info.index, info.node_id)
+            self.standing.register(eid, self.pool.group_of(eid))
 
     def _send(self, slot: Slot, ref: Any) -> _Sent:
         """Enter work just submitted to ``slot`` in its executor's lane (see ``Lanes``).
@@ -998,12 +1266,31 @@ class TrustedVerifier:
         if instance is not None and out.executor_id in instance.holders:
             instance.holders.remove(out.executor_id)
 
-    def _apply(self, record: VerdictRecord, instance: _Instance | None) -> None:
-        """Reputation, quarantine and instance membership follow from a verdict record only."""
+    def _apply(
+        self,
+        record: VerdictRecord,
+        instance: _Instance | None,
+        fn: str = "",
+        alone: bool = False,
+        cooldown: int = 50,
+        tolerance: Any = None,
+        outcomes: Any = None,
+    ) -> None:
+        """Reputation, standing, quarantine and instance membership follow from a verdict
+        record only (``alone``: a result accepted from one executor without an audit)."""
         for j in record.judgements:
             self._register(j.executor_id)
         self.reputation.apply(record)
         self.metrics.judged(record.judgements)
+        tainted = self.standing.apply(record, fn or record.task_id, alone=alone, cooldown=cooldown)
+        if tainted:
+            logger.warning(
+                "%d lone results are tainted: their executor was proven wrong on %s",
+                len(tainted),
+                record.task_id,
+            )
+        if outcomes is not None and record.accepted is not None and not alone:
+            self._observe_drift(record, tolerance, outcomes)
         for j in record.judgements:
             if j.label.flags:
                 self._maybe_quarantine(j.executor_id)
@@ -1011,12 +1298,57 @@ class TrustedVerifier:
             if diverged and j.executor_id in instance.holders:
                 # Its copy of the instance state has diverged: never ask it again.
                 instance.holders.remove(j.executor_id)
+        self._save_soon()
+
+    def _observe_drift(self, record: VerdictRecord, tolerance: Any, outcomes: Any) -> None:
+        """Each agreeing output's distance to the accepted value, in tolerance units."""
+        rep = record.accepted
+        assert rep is not None
+        by_executor = {o.executor_id: o for o in outcomes}
+        for j in record.judgements:
+            if j.label is not Label.AGREED or j.executor_id == rep.executor_id:
+                continue  # the value's own distance is 0 by construction, not a measurement
+            out = by_executor.get(j.executor_id)
+            if out is None or out.canonical is None or rep.canonical is None:
+                continue
+            ratio = (
+                0.0
+                if out.digest == rep.digest
+                else tolerance_ratio(out.canonical, rep.canonical, tolerance)
+            )
+            if self.standing.observe_distance(j.executor_id, ratio):
+                logger.warning(
+                    "executor %s is suspect: its distance to accepted values drifted up",
+                    j.executor_id,
+                )
 
     def _maybe_quarantine(self, eid: str) -> None:
         if not self.pool.is_alive(eid):
             return
         if self.quarantine.should_quarantine(self.reputation.get(eid), len(self.pool.live())):
             self.pool.quarantine(eid)
+            self.standing.quarantine(eid, f"trust below {self.quarantine.below}")
+            self._start_probation()
+
+    def _save_soon(self) -> None:
+        """Persist the trust state at most once per second (and at shutdown/report)."""
+        if not self.trust_path or self._save_pending:
+            return
+        self._save_pending = True
+
+        async def save() -> None:
+            await asyncio.sleep(1.0)
+            self._save_pending = False
+            self._save_now()
+
+        self._saver = asyncio.ensure_future(save())  # kept referenced; report() saves anyway
+
+    def _save_now(self) -> None:
+        if self.trust_path:
+            try:
+                self.standing.save(self.trust_path)
+            except OSError as exc:
+                logger.error("could not save trust state to %s: %s", self.trust_path, exc)
 
     def _track(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -1055,6 +1387,19 @@ class _Replication:
         self.trail: dict[tuple[str, int], tuple[Slot, _Sent, str]] = {}
         self.fed: list[ReplicaClaim] = []
         verifier._active[call.task_id] = self
+        # Earned trust is per function: its module, name and code digest.
+        meta = call.meta
+        self.fn = (
+            f"{meta.function.module}:{meta.function.qualname}:{meta.function.code_digest[:16]}"
+            if meta is not None
+            else call.name
+        )
+        plan = call.plan
+        self.cooldown = int(getattr(plan, "cooldown", 50))
+        self.alone = False  # the accepted result came from one executor without an audit
+        self.counted = False
+        self._checker_eid = ""
+        self.rerun: tuple | None = None  # (fn key, args, kwargs): for canaries and taint
 
     def describe(self) -> str:
         """Where the replicas of this call stand, for timeout messages."""
@@ -1080,15 +1425,150 @@ class _Replication:
             )
         return list(inst.holders)
 
+    def _used_groups(self) -> set[str]:
+        return {
+            g
+            for s in self.pool.slots.values()
+            if s.info.slot in self.used_slots and (g := self.pool.groups.get(s.index, ""))
+        }
+
     def pick(self, k: int) -> list[Slot]:
         nodes = {s.info.node_id for s in self.pool.slots.values() if s.info.slot in self.used_slots}
-        picked = self.pool.pick(self.call.task_id, k, self.used_slots, nodes)
+        picked = self.pool.pick(self.call.task_id, k, self.used_slots, nodes, self._used_groups())
         if len(picked) < k:
             logger.info("%s: only %d of %d more replicas available", self.call.name, len(picked), k)
         return picked
 
     def spare(self) -> int:
-        return 0 if self.instance is not None else self.pool.spare(self.used_slots)
+        if self.instance is not None:
+            return 0
+        return self.pool.spare(self.used_slots, self._used_groups())
+
+    def _apply_final(self, record: VerdictRecord) -> None:
+        self.v._apply(
+            record,
+            self.instance,
+            fn=self.fn,
+            alone=self.alone,
+            cooldown=self.cooldown,
+            tolerance=self.policy.tolerance,
+            outcomes=list(self.state.comparable.values()),
+        )
+
+    async def spot_check(self, plan: SpotCheck, checker: CheckInvoke | None) -> tuple[Any, Any]:
+        """A spot-checked call (:mod:`bft_ray.trust.plans`).
+
+        The call's primary (the first executor of its deterministic order) runs it alone if it
+        has earned trust for this function; otherwise, or if it fails, the call is replicated
+        in full. Once the lone answer is admitted (signed: the executor is committed), the
+        secret draw decides whether one independent executor audits it, by re-execution or by
+        the plan's checker. An audit that disagrees escalates to a strict majority, which
+        decides who was wrong. A lone result that is not audited is accepted and remembered for
+        taint.
+        """
+        v, call = self.v, self.call
+        first = self.pick(1)
+        if not first or not v.standing.may_run_alone(first[0].info.executor_id, self.fn, plan):
+            self.start(first + self.pick(self.policy.replicas - len(first)))
+            return await self.finish()
+        self.start(first)
+        (task,) = self.running
+        out = await task
+        self.running.clear()
+        if not out.comparable or out.digest is None:
+            # No lone answer: record its fate, then replicate in full (a fresh verdict state).
+            lone = CallState(call.task_id, _lone_policy(self.policy), self.state.tiebreak)
+            lone.start(1)
+            lone.feed(out)
+            failed_record = lone.decide(spare=0).record
+            if failed_record is not None:
+                v._apply(failed_record, None, fn=self.fn, cooldown=self.cooldown)
+            self.start(self.pick(self.policy.replicas))
+            return await self.finish()
+        eid = out.executor_id
+        if not v.draw.audited(call.task_id, eid, out.digest, plan.rate):
+            return await self._accept_alone(out)
+        v.standing.audited(eid, self.fn)
+        v.counters["audits"] += 1
+        if plan.checker is not None and checker is not None:
+            verdict = await self._run_checker(out, checker)
+            if verdict is True:
+                return await self._accept_audited(out)
+            # The checker refused (or failed): replicate in full; the majority decides, and a
+            # checker that refused a correct value is proven wrong by its own signed answer.
+            self.state.feed(out)
+            self.start(self.pick(self.policy.replicas - 1))
+            value, cert = await self.finish()
+            record = self.state.record
+            refused_right = record is not None and eid in record.members
+            if verdict is False and refused_right and self._checker_eid:
+                # The checker refused a value the majority accepted: its signed answer is wrong.
+                v.standing.proven_wrong(self._checker_eid, self.fn, call.task_id, self.cooldown)
+            return value, cert
+        # Audit by re-execution: a pair that must agree, escalating to a majority if not.
+        audit = Policy(
+            replicas=2,
+            quorum=2,
+            tolerance=self.policy.tolerance,
+            max_replicas=max(int(self.policy.max_replicas or 3), 3),
+            timeout_s=self.policy.timeout_s,
+        )
+        self.policy = audit
+        self.state = CallState(call.task_id, audit, self.state.tiebreak)
+        self.state.feed(out)
+        self.start(self.pick(1))
+        return await self.finish()
+
+    async def _accept_alone(self, out: Outcome) -> tuple[Any, Any]:
+        lone = _lone_policy(self.policy)
+        self.policy = lone
+        self.state = CallState(self.call.task_id, lone, self.state.tiebreak)
+        self.state.start(1)
+        self.state.feed(out)
+        decision = self.state.decide(spare=0)
+        assert decision.step is Step.ACCEPT and decision.record is not None
+        self.alone = True
+        self.v.counters["alone"] += 1
+        self.v._remember_lone(self)
+        return await self._accepted(decision)
+
+    async def _accept_audited(self, out: Outcome) -> tuple[Any, Any]:
+        """The checker confirmed the lone value: accepted, and the executor's trust grows."""
+        lone = _lone_policy(self.policy)
+        self.policy = lone
+        self.state = CallState(self.call.task_id, lone, self.state.tiebreak)
+        self.state.start(1)
+        self.state.feed(out)
+        decision = self.state.decide(spare=0)
+        assert decision.step is Step.ACCEPT
+        return await self._accepted(decision)
+
+    async def _run_checker(self, out: Outcome, checker: Invoke) -> bool | None:
+        """Run the plan's checker on one independent executor: True, False, or None (failed)."""
+        self._checker_eid = ""
+        picked = self.pick(1)
+        if not picked:
+            return None
+        slot = picked[0]
+        self._checker_eid = slot.info.executor_id
+        self.used_slots.add(slot.info.slot)
+        assert out.canonical is not None
+        spec = TaskSpec(self.call.task_id, self.attempt, self.call.name)
+        self.attempt += 1
+        try:
+            ref = checker(slot, spec, out.canonical.wire)
+        except Exception as exc:
+            ref = exc
+        sent = self.v._send(slot, ref)
+        answer = await self.v._receive(slot, spec, sent, self.policy.timeout_s)
+        if not answer.comparable:
+            self.v._lost(answer, self.call.task_id)
+            return None
+        try:
+            value = decode(answer.canonical.wire)
+        except Exception:
+            return None
+        return value if type(value) is bool else None
 
     def start(self, slots: list[Slot]) -> None:
         """Dispatch one replica per slot. Synchronous: the calls leave in this order."""
@@ -1131,10 +1611,15 @@ class _Replication:
                 )
         self.start(picked)
 
+    def _count_call(self) -> None:
+        if not self.counted:
+            self.counted = True
+            self.v.counters["calls"] += 1
+            self.v.metrics.count(CALLS_VERIFIED, self.call.name)
+
     async def finish(self) -> tuple[Any, Callable[[], Certificate]]:
         counters, metrics, fn = self.v.counters, self.v.metrics, self.call.name
-        counters["calls"] += 1
-        metrics.count(CALLS_VERIFIED, fn)
+        self._count_call()
         self.state.start(len(self.running))
         while True:
             decision = self.state.decide(spare=self.spare())
@@ -1146,7 +1631,7 @@ class _Replication:
                 assert decision.record is not None
                 if self.v.group is not None:
                     await self.v._certify(self, decision)  # the failure is on the record too
-                self.v._apply(decision.record, self.instance)
+                self._apply_final(decision.record)
                 metrics.verdict(fn, "failed", time.monotonic() - self.started, len(self.trail))
                 raise self._no_verdict(decision)
             if decision.step is Step.REPLACE:
@@ -1170,6 +1655,12 @@ class _Replication:
             for task in done:
                 self.running.discard(task)
                 self._feed(task.result())
+        return await self._accepted(decision)
+
+    async def _accepted(self, decision: Decision) -> tuple[Any, Callable[[], Certificate]]:
+        """Act on an ACCEPT: certify, apply (now or once stragglers are judged), return."""
+        counters, metrics, fn = self.v.counters, self.v.metrics, self.call.name
+        self._count_call()
         record = decision.record
         assert record is not None and record.accepted is not None
         counters["accepted"] += 1
@@ -1182,7 +1673,9 @@ class _Replication:
         if self.running:
             self.v._track(self._judge_late())
         else:
-            self.v._apply(self.state.final_record(), self.instance)
+            self._apply_final(self.state.final_record())
+        if not self.alone:
+            self.v._offer_canary(self)
         elapsed = time.monotonic() - self.started
         metrics.verdict(fn, "accepted", elapsed, len(self.trail))
         logger.debug("%s %s accepted in %.3fs", fn, self.call.task_id, elapsed)
@@ -1300,7 +1793,7 @@ class _Replication:
                 logger.warning("late replica of %s failed to report: %s", self.call.task_id, exc)
                 continue
             self.state.judge_late(out)
-        self.v._apply(self.state.final_record(), self.instance)
+        self._apply_final(self.state.final_record())
 
 
 @dataclasses.dataclass(frozen=True)
