@@ -766,7 +766,7 @@ class _LocalBackend(_Backend):
                     trainer._result.recreated.append((step, i))
                 continue
             behaviour = self.behaviours[i]
-            if not behaviour.is_honest:
+            if not behaviour.is_honest and not isinstance(behaviour, fault_lib.Crash):
                 ctx = fault_lib.FaultContext(i, _task_id(trainer, step, i), 0, 0)
                 behaviour.before(ctx)
                 row = torch.as_tensor(behaviour.corrupt(row, ctx), dtype=torch.float32)
