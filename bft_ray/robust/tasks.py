@@ -272,7 +272,7 @@ def image_task(
     classes: int = 4,
     channels: int = 6,
     batch_size: int = 16,
-    lr: float = 0.05,
+    lr: float = 0.5,
     seed: int = 0,
 ) -> Task:
     """A small CNN (with batch norm) on synthetic images; SGD(``lr``, momentum 0)."""

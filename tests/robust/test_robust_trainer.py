@@ -180,7 +180,7 @@ def test_config_errors_say_how_to_fix() -> None:
         TrainerConfig(f=1, workers=4, steps=0)
     task = image_task(n_train=32)
     kw = dict(f=1, workers=4, steps=1, backend="local")
-    with pytest.raises(ConfigError, match="torch.optim.Optimizer"):
+    with pytest.raises(ConfigError, match=r"torch\.optim\.Optimizer"):
         RobustTrainer(task.model_fn, task.loss_fn, task.data_fn, optimizer_fn=lambda p: None, **kw)
     with pytest.raises(ConfigError, match="float32"):
         RobustTrainer(
@@ -195,7 +195,7 @@ def test_config_errors_say_how_to_fix() -> None:
     try:
         bft_ray.current_cluster()
     except Exception:  # no cluster in this process: the Ray backend says how to get one
-        with pytest.raises(ConfigError, match="bft_ray.init"):
+        with pytest.raises(ConfigError, match=r"bft_ray\.init"):
             RobustTrainer(**task.kwargs(), f=1, workers=4, steps=1)
 
 
