@@ -386,7 +386,7 @@ def lm_task(
     """A one-block causal transformer LM on a synthetic stream; Adam(``lr``).
 
     The stream's entropy floor: with noise 0.1, the best next-token loss is about
-    ``-(0.9 + 0.1/V) ln(0.9 + 0.1/V) - (V - 1)(0.1/V) ln(0.1/V)`` (0.62 nats for V = 16);
+    ``-(0.9 + 0.1/V) ln(0.9 + 0.1/V) - (V - 1)(0.1/V) ln(0.1/V)`` (0.565 nats for V = 16);
     a model that knows nothing scores ``ln V`` (2.77).
     """
     return Task(
