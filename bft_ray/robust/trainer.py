@@ -107,10 +107,10 @@ class TrainerConfig(_Model):
         progress: Show a progress bar.
 
     Example:
-        >>> TrainerConfig(aggregator="krum", f=2, workers=6, steps=10)
-        Traceback (most recent call last):
-        ...
-        bft_ray.errors.ConfigError: Invalid TrainerConfig:
+        >>> try:
+        ...     TrainerConfig(aggregator="krum", f=2, workers=6, steps=10)
+        ... except ConfigError as e:
+        ...     print(str(e).splitlines()[1].split(" (got {")[0])
           TrainerConfig: Krum needs n > 2f + 2 (got n=6, f=2): use at most f=1 or add workers (n >= 7)
     """
 
