@@ -30,6 +30,7 @@ from typing import Any
 
 # Runnable as a plain script from a checkout (``python benchmarks/bench_robust.py``).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_robust_trainer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -239,6 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", nargs="+", default=SPLITS)
     parser.add_argument("--quick", action="store_true", help="tiny grid for a smoke test")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--trainer",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="also run benchmarks/bench_robust_trainer.py (kappa table, user models, Ray vs "
+        "in-process overhead); auto: yes unless --quick",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rules = ["mean", "trimmed_mean", "nnm+cc(tau=0.1)"]
@@ -327,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{len(grid)} runs in {wall:.1f} s wall ({budget} the 3-minute budget); wrote "
         f"{args.out_dir / (name + '.json')} and {args.out_dir / (name + '.png')}"
     )
+    if args.trainer == "yes" or (args.trainer == "auto" and not args.quick):
+        import bench_robust_trainer
+
+        return bench_robust_trainer.main(["--out-dir", str(args.out_dir)])
     return 0
 
 

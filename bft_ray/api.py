@@ -263,6 +263,25 @@ class BftCluster:
         admin = self._need_owner("executor_handles")
         return ray.get(self._verifier.executor_handles.remote(admin, include_quarantined))
 
+    def recover_executor(self, index: int, timeout_s: float = 30.0) -> dict[str, Any] | None:
+        """Have the verifier check executor slot ``index`` and respawn it if it is dead.
+
+        For layers that place unreplicated work on executors (robust training re-creates a
+        crashed worker with it). The verifier pings the executor itself; only a failed or
+        unanswered ping retires it, and the pool respawns the slot within ``max_respawns``.
+        Returns the slot's :meth:`executor_handles` entry once it is in service (the same
+        executor if it was alive), or ``None``.
+
+        Example:
+            >>> entry = cluster.recover_executor(3)  # doctest: +SKIP
+            >>> entry["executor_id"]  # doctest: +SKIP
+            'ex3.1'
+        """
+        if not 0 <= index < self.spec.executors:
+            raise ConfigError(f"no executor slot {index}; slots are 0..{self.spec.executors - 1}")
+        admin = self._need_owner("recover_executor")
+        return ray.get(self._verifier.recover_executor.remote(admin, index, timeout_s))
+
     def scale(
         self, executors: int, *, faults: dict[int, Any] | None = None, timeout_s: float = 300.0
     ) -> BftCluster:

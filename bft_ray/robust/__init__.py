@@ -4,7 +4,10 @@ Aggregators (``n`` vectors, up to ``f`` Byzantine, in; one vector out), pre-aggr
 compose with them, the attacks of the literature, and a seeded in-process data-parallel trainer
 whose pieces (worker step, Byzantine vectors, server step) a Ray layer can run remotely;
 :mod:`bft_ray.robust.ray_training` is that layer (workers on bft-ray executors, attacks as
-fault behaviours, optionally verified server steps).
+fault behaviours, optionally verified server steps). :class:`RobustTrainer` trains *your*
+torch module and data the same way (:mod:`bft_ray.robust.trainer`; ready-made models and data
+in :mod:`bft_ray.robust.tasks`), and :mod:`bft_ray.robust.kappa` measures each rule's
+empirical (f, kappa)-robustness.
 
 Example:
     >>> import numpy as np
@@ -51,6 +54,8 @@ from bft_ray.robust.base import (
     PreAggregator,
     RobustRule,
 )
+from bft_ray.robust.kappa import empirical_kappa, kappa_ratio, theoretical_kappa
+from bft_ray.robust.model_worker import Layout, ModelWorker, aggregate_rows
 from bft_ray.robust.preaggregators import ARC, NNM, Bucketing, StaticClipping
 from bft_ray.robust.ray_training import (
     AttackBehaviour,
@@ -67,6 +72,13 @@ from bft_ray.robust.registry import (
     available_rules,
     compose,
     make_aggregator,
+)
+from bft_ray.robust.trainer import (
+    FitResult,
+    RobustTrainer,
+    TrainerConfig,
+    byzantine_faults,
+    verified_aggregate_rows,
 )
 from bft_ray.robust.training import (
     InProcessTrainer,
@@ -87,6 +99,17 @@ from bft_ray.robust.training import (
 )
 
 __all__ = [
+    "FitResult",
+    "Layout",
+    "ModelWorker",
+    "RobustTrainer",
+    "TrainerConfig",
+    "aggregate_rows",
+    "byzantine_faults",
+    "empirical_kappa",
+    "kappa_ratio",
+    "theoretical_kappa",
+    "verified_aggregate_rows",
     "AGGREGATORS",
     "ALIE",
     "MinMax",

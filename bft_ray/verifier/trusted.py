@@ -781,17 +781,7 @@ class TrustedVerifier:
         self._authorise(capability)
         wanted = {"alive", "quarantined"} if include_quarantined else {"alive"}
         return [
-            {
-                "index": s.index,
-                "executor_id": s.info.executor_id,
-                "slot": s.info.slot,
-                "node_id": s.info.node_id,
-                "status": s.status,
-                "fault": s.info.fault,
-                "handle": s.handle,
-                "public_key": s.info.public_key,
-                "capability": self.pool.setup.capability(s.index),
-            }
+            self._handle_entry(s)
             for s in sorted(self.pool.slots.values(), key=lambda s: s.index)
             if s.status in wanted
         ]
@@ -976,6 +966,45 @@ class TrustedVerifier:
             self._maybe_quarantine(eid)
         self._save_soon()
         return passed
+    def _handle_entry(self, s: Slot) -> dict[str, Any]:
+        return {
+            "index": s.index,
+            "executor_id": s.info.executor_id,
+            "slot": s.info.slot,
+            "node_id": s.info.node_id,
+            "status": s.status,
+            "fault": s.info.fault,
+            "handle": s.handle,
+            "public_key": s.info.public_key,
+            "capability": self.pool.setup.capability(s.index),
+        }
+
+    async def recover_executor(
+        self, capability: bytes, index: int, timeout: float = 30.0
+    ) -> dict[str, Any] | None:
+        """Check slot ``index`` and, if its executor is dead, respawn it; its entry or ``None``.
+
+        For layers with unreplicated work on the pool (robust training), which see a crash
+        before any verified call does. The driver's word is not taken: the verifier pings the
+        executor itself and retires it (the pool respawns the slot, within ``max_respawns``)
+        only when the ping fails or does not answer in time. Returns the slot's
+        :meth:`executor_handles` entry once it is in service again (``None`` if the respawn
+        failed, was not allowed or took longer than ``timeout``).
+        """
+        self._authorise(capability)
+        slot = self.pool.slots.get(index)
+        if slot is None:
+            return None
+        if slot.status in ("alive", "quarantined"):
+            try:
+                await asyncio.wait_for(_as_future(slot.handle.ping.remote()), timeout=5.0)
+            except Exception as exc:  # dead or stalled: the pool respawns it
+                self.pool.retire(slot.info.executor_id, f"unreachable: {exc!r}"[:200], kill=True)
+        if slot.status == "respawning":
+            await self.pool.settle(timeout)
+        if slot.status not in ("alive", "quarantined"):
+            return None
+        return self._handle_entry(slot)
 
     async def flags(self, executor_id: str) -> list:
         """The flags (with evidence) raised against one executor."""
