@@ -16,7 +16,7 @@ Example:
     >>> g = generate(m, [[1, 2, 3], [4, 5]], max_new_tokens=4)
     >>> g.tokens.shape, g.logprobs.dtype
     ((2, 4), dtype('float32'))
-    >>> (generate(m, [[1, 2, 3]], 4, use_cache=False).tokens == g.tokens[:1]).all()
+    >>> bool((generate(m, [[1, 2, 3]], 4, use_cache=False).tokens == g.tokens[:1]).all())
     True
 """
 
