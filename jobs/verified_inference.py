@@ -106,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         expect = [args.cheater] if 0 <= args.cheater < args.executors else []
         ok &= sorted(set(flagged)) == expect
         print("\ncost of verification:")
-        print(f"  replicated generation: {args.replicas} generations per call "
-              f"({args.replicas:.1f}x compute), {t_verified / args.calls:.2f} s per verified call")
+        print(
+            f"  replicated generation: {args.replicas} generations per call "
+            f"({args.replicas:.1f}x compute), {t_verified / args.calls:.2f} s per verified call"
+        )
         print(f"  verify-by-prefill (same output, this process): check {t_check * 1e3:.1f} ms vs "
               f"generation {t_gen * 1e3:.1f} ms = {t_check / t_gen:.3f}x "
               f"(prefill check ok: {res.ok}; commitment "

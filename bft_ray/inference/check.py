@@ -48,7 +48,13 @@ from bft_ray.inference.generate import Generation
 from bft_ray.inference.model import CausalLM
 from bft_ray.inference.sampling import Sampling, token_margin
 
-__all__ = ["PrefillChecker", "PrefillResult", "PrefillTolerance", "check_prefill", "prefill_checker"]
+__all__ = [
+    "PrefillChecker",
+    "PrefillResult",
+    "PrefillTolerance",
+    "check_prefill",
+    "prefill_checker",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bft_ray.inference import TinyConfig, TinyLMFactory
+from bft_ray.inference import TinyConfig
 
 CFG = TinyConfig(vocab=128, d_model=32, n_layers=2, n_heads=2, max_seq=160)
 BF16 = CFG.model_copy(update={"dtype": "bfloat16"})

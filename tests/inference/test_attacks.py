@@ -121,7 +121,9 @@ def test_commitment_alone_catches_a_model_change_with_identical_tokens(model):
     assert res.stats["max_mean_rel_err"] > 3 * TOL.commitment.max_mean_rel_err
 
 
-@pytest.mark.parametrize("kind", ["perturb", "int8", "int4", "smaller", "prompt", "seed", "truncate"])
+@pytest.mark.parametrize(
+    "kind", ["perturb", "int8", "int4", "smaller", "prompt", "seed", "truncate"]
+)
 def test_substitution_caught_by_replicated_comparison(model, kind):
     sampling = Sampling(temperature=1.0, seed=3)
     ps = prompts(200)

@@ -44,7 +44,7 @@ def test_config_errors_say_how_to_fix():
     with pytest.raises(ConfigError, match="divisible by n_heads"):
         TinyConfig(d_model=30, n_heads=4)
     m = build_model(CFG)
-    with pytest.raises(ConfigError, match="outside 0..127"):
+    with pytest.raises(ConfigError, match=r"outside 0\.\.127"):
         generate(m, [[1, 500]], 2)
     with pytest.raises(ConfigError, match="max_seq"):
         generate(m, [[1]], CFG.max_seq + 1)

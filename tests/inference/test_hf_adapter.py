@@ -6,10 +6,10 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from inference_helpers import prompts  # noqa: E402
+from inference_helpers import prompts
 
-from bft_ray.inference import Sampling, check_prefill, generate  # noqa: E402
-from bft_ray.inference.hf import TinyLlamaFactory  # noqa: E402
+from bft_ray.inference import Sampling, check_prefill, generate
+from bft_ray.inference.hf import TinyLlamaFactory
 
 
 def test_tiny_llama_generation_verifies_by_prefill():
