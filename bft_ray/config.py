@@ -25,7 +25,7 @@ __all__ = ["ClusterSpec", "Policy", "Tolerance", "validated"]
 
 M = TypeVar("M", bound=BaseModel)
 
-ToleranceMode = Literal["exact", "allclose", "ulp", "l2"]
+ToleranceMode = Literal["exact", "allclose", "ulp", "l2", "overlap"]
 
 
 def _config_error(model: str, exc: ValidationError) -> ConfigError:
@@ -69,6 +69,11 @@ class Tolerance(_Model):
           which replica answered first.
         * ``ulp``: at most ``max_ulps`` representable floats apart, elementwise.
         * ``l2``: ``||a - b||_2 <= atol + rtol * max(||a||_2, ||b||_2)`` over each leaf.
+        * ``overlap``: for integer arrays of rank >= 1 (for example the top-k token ids of a
+          generation, shape ``(..., k)``), each row along the last axis is read as a set and
+          the two rows must share at least ``min_overlap * k`` distinct values. Other leaves
+          under this mode compare exactly. Meant for per-path overrides (see
+          :func:`bft_ray.inference.generation_tolerance`).
 
     NaN equals NaN only when ``equal_nan`` is set; infinities must match in sign.
 
@@ -77,6 +82,7 @@ class Tolerance(_Model):
         rtol: Relative tolerance (``allclose`` and ``l2``).
         atol: Absolute tolerance (``allclose`` and ``l2``).
         max_ulps: Maximum distance in units in the last place (``ulp``).
+        min_overlap: Fraction of each row two integer rows must share (``overlap``).
         equal_nan: Whether NaN in both outputs at the same place counts as agreement.
         overrides: Per-leaf tolerances keyed by path pattern (``fnmatch`` glob over paths such
             as ``"logits"``, ``"layers/0/weight"`` or ``"*/bias"``). The first matching
@@ -96,6 +102,9 @@ class Tolerance(_Model):
     rtol: float = Field(1e-5, ge=0.0, description="relative tolerance, >= 0")
     atol: float = Field(1e-8, ge=0.0, description="absolute tolerance, >= 0")
     max_ulps: int = Field(4, ge=0, description="max units in the last place, >= 0")
+    min_overlap: float = Field(
+        1.0, ge=0.0, le=1.0, description="fraction of each row shared (overlap), 0..1"
+    )
     equal_nan: bool = False
     overrides: dict[str, Tolerance] = Field(default_factory=dict)
 
@@ -136,6 +145,7 @@ class Tolerance(_Model):
             "allclose": f"allclose(rtol={self.rtol!r}, atol={self.atol!r})",
             "ulp": f"ulp(max_ulps={self.max_ulps})",
             "l2": f"l2(rtol={self.rtol!r}, atol={self.atol!r})",
+            "overlap": f"overlap(min_overlap={self.min_overlap!r})",
         }[self.mode]
         if self.equal_nan:
             base += "+equal_nan"

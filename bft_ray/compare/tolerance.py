@@ -241,7 +241,9 @@ def _compare_leaf(a: Leaf, b: Leaf, tol: Tolerance, detail: bool) -> LeafDiff | 
         ):
             return None
         return LeafDiff(path, f"value differs: {_short(a)} vs {_short(b)}", 1, 1)
-    if not a.is_float or tol.mode == "exact":
+    if tol.mode == "overlap" and x.dtype.kind in "iu" and x.ndim >= 1:
+        return _overlap(path, x, y, tol.min_overlap)
+    if not a.is_float or tol.mode in ("exact", "overlap"):
         return _exact(path, x, y, a.is_float, detail)
     x, y = x.reshape(-1), y.reshape(-1)
     if x.dtype == np.float16 and tol.mode != "ulp":
@@ -279,6 +281,37 @@ def _exact(
         stats = _value_stats(path, x.reshape(-1), y.reshape(-1), None)
         return dataclasses.replace(stats, mismatched=int(idx.size), first_index=int(idx[0]))
     return LeafDiff(path, "values", int(idx.size), int(x.size), first_index=int(idx[0]))
+
+
+def _overlap(path: str, x: np.ndarray, y: np.ndarray, min_overlap: float) -> LeafDiff | None:
+    """Row-wise set overlap of two integer arrays along their last axis (``overlap`` mode).
+
+    A row of ``k`` values agrees when the two rows share at least ``ceil(min_overlap * k)``
+    distinct values (duplicates never count twice), so the relation is symmetric.
+    """
+    k = x.shape[-1]
+    rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+    if k == 0 or rows == 0:
+        return None
+    need = int(np.ceil(min_overlap * k - 1e-9))
+    xr, yr = x.reshape(rows, k), y.reshape(rows, k)
+    # Distinct values of each row of x that also occur in the same row of y: mark the first
+    # occurrence of each value in a sorted row, then test membership row by row.
+    xs = np.sort(xr, axis=1)
+    first = np.ones_like(xs, dtype=np.bool_)
+    first[:, 1:] = xs[:, 1:] != xs[:, :-1]
+    member = (xs[:, :, None] == yr[:, None, :]).any(axis=2)
+    shared = (first & member).sum(axis=1)
+    bad = np.flatnonzero(shared < need)
+    if bad.size == 0:
+        return None
+    return LeafDiff(
+        path,
+        f"top-k overlap {int(shared.min())}/{k} below {need}/{k} in {bad.size} of {rows} rows",
+        mismatched=int(bad.size),
+        total=rows,
+        first_index=int(bad[0]),
+    )
 
 
 def _allclose_fast(x: np.ndarray, y: np.ndarray, rtol: float, atol: float, equal_nan: bool) -> bool:
