@@ -2,12 +2,11 @@
 
 :func:`run_generation` is the function a verified call runs on an executor: it builds (once per
 process) the model from a picklable factory and returns :meth:`Generation.to_wire`.
-:class:`VerifiedLM` wraps it with ``bft_ray.verified_remote``. Today it verifies by full
-replication under :func:`~bft_ray.inference.tolerance.generation_tolerance`
-(``policy="replicate"``); ``policy="prefill"`` (one generator plus a
-:func:`~bft_ray.inference.check.prefill_checker` audit on another executor) needs the
-``verified_remote(policy=spot_check(...))`` dispatcher, and switching to it is the one line in
-:meth:`VerifiedLM._remote_options` marked below.
+:class:`VerifiedLM` wraps it with ``bft_ray.verified_remote``: either full replication under
+:func:`~bft_ray.inference.tolerance.generation_tolerance` (``policy="replicate"``), or
+``policy="prefill"``: ``verified_remote(policy=spot_check(1.0, checker=prefill_checker(...)))``,
+one generator whose every result is checked by one prefill pass on another executor, once the
+generator has earned trust by agreeing under replication.
 
 Example:
     >>> f = TinyLMFactory(TinyConfig(d_model=32, n_layers=1, n_heads=2, vocab=64))
@@ -127,9 +126,8 @@ class VerifiedLM:
             :class:`~bft_ray.inference.model.CausalLM` (for example :class:`TinyLMFactory`).
         policy: ``"replicate"``: every call runs on ``replicas`` executors and the outputs
             are compared under :func:`generation_tolerance`. ``"prefill"``: one executor
-            generates with a commitment, another checks it with one forward pass; it needs the
-            ``verified_remote(policy=spot_check(...))`` dispatcher and raises
-            :class:`~bft_ray.errors.ConfigError` until that is available.
+            generates with a commitment, another checks it with one forward pass (a spot
+            check at rate 1 with the prefill checker; replicated while trust is earned).
         replicas: Executors per call (replicate policy).
         quorum: Agreeing outputs needed (default a strict majority).
         logprob_atol: Log-probability bound of the generation tolerance.
@@ -186,17 +184,17 @@ class VerifiedLM:
         checker = prefill_checker(
             self.model_factory, tolerance=self.prefill_tolerance, commit_k=self.commit_k
         )
-        from bft_ray import config as _config
+        from bft_ray.trust.plans import spot_check
 
-        spot_check = getattr(_config, "spot_check", None)
-        if spot_check is None:  # the dispatcher is not in this build yet
-            raise ConfigError(
-                "policy='prefill' needs verified_remote(policy=spot_check(p, checker=...)), "
-                "which this build of bft-ray does not have yet. Use policy='replicate', or run "
-                "bft_ray.inference.prefill_checker(...) yourself on the output."
-            )
-        # The one line that wires the prefill policy once the dispatcher exists:
-        opts.update(replicas=1, policy=spot_check(1.0, checker=checker))
+        # Replicated (with the generation tolerance) until an executor has earned trust for
+        # the function; then one executor generates and every result is checked by one
+        # prefill pass on another executor. A refused check escalates to replication.
+        opts.update(
+            replicas=self.replicas,
+            quorum=self.quorum,
+            tolerance=self.tolerance,
+            policy=spot_check(1.0, warmup=1, cooldown=5, checker=checker, checker_cost=0.3),
+        )
         return opts
 
     def _commit_k(self) -> int | None:

@@ -173,3 +173,27 @@ def test_policy_option_is_validated_at_decoration():
     with pytest.raises(bft_ray.ConfigError, match="not a replication plan"):
         bft_ray.verified_remote(policy="sometimes")(_vec)
     assert "adaptive(epsilon=0.1" in repr(f)
+
+
+def test_prefill_policy_generates_alone_checked_by_another_executor():
+    pytest.importorskip("torch")
+    from bft_ray.inference import Sampling, TinyConfig, TinyLMFactory, VerifiedLM, generate
+    from bft_ray.inference.faults import ServeSubstitute
+
+    factory = TinyLMFactory(TinyConfig(vocab=128, d_model=32, n_layers=2, n_heads=2), seed=0)
+    with _init(executors=4, faults={2: ServeSubstitute("int8")}, quarantine_below=0.0) as c:
+        lm = VerifiedLM(factory, policy="prefill", replicas=3, num_gpus=0)
+        for call in range(8):
+            prompts = [[1 + call, 2, 3, 4], [5, 6, 7 + call]]
+            sampling = Sampling(temperature=0.8, seed=call)
+            gen = lm.generate(prompts, 12, sampling, timeout=120)
+            honest = generate(factory(), prompts, 12, sampling)
+            np.testing.assert_array_equal(gen.tokens, honest.tokens)
+        counters = c.report().counters
+        # Warm-up is replicated; then results come from one executor, each checked by one
+        # prefill pass elsewhere (audit rate 1).
+        assert counters["audits"] >= 1 and counters["alone"] == 0
+        acct = _accounts(c)
+        cheater = c.report().by_index(2)[0]["executor"]
+        assert acct[cheater]["proven_wrong"] >= 1
+        assert all(a["proven_wrong"] == 0 for e, a in acct.items() if e != cheater)
