@@ -56,6 +56,21 @@ from bft_ray.verifier.certificate import Certificate, verify_certificate
 
 __version__ = "0.1.0"
 
+# Torch-backed parts load on first use, so importing bft_ray (every executor does) stays light.
+_LAZY = {
+    "calibrate": ("bft_ray.inference.calibrate", "calibrate"),
+    "RobustTrainer": ("bft_ray.robust.trainer", "RobustTrainer"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'bft_ray' has no attribute {name!r}")
+
 __all__ = [
     "Adaptive",
     "BftCluster",
@@ -71,6 +86,7 @@ __all__ = [
     "Prices",
     "Replicate",
     "Report",
+    "RobustTrainer",
     "SpotCheck",
     "Tolerance",
     "UserCodeError",
@@ -81,6 +97,7 @@ __all__ = [
     "VerifiedFunction",
     "__version__",
     "adaptive",
+    "calibrate",
     "certificate",
     "current_cluster",
     "device",

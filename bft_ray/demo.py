@@ -156,6 +156,29 @@ def main(argv: list[str] | None = None) -> int:
                     bar, advance=1, status=f"accepted {accepted}, refused {refused}, wrong {wrong}"
                 )
 
+    # A short verified generation by a seeded tiny language model (bft_ray.inference).
+    from bft_ray.inference import Sampling, TinyConfig, TinyLMFactory, VerifiedLM, generate
+
+    factory = TinyLMFactory(TinyConfig(vocab=128, d_model=32, n_layers=2, n_heads=2), seed=0)
+    policy = "prefill" if args.verifiers == 1 else "replicate"  # prefill: trusted mode only
+    lm = VerifiedLM(factory, policy=policy, replicas=3, num_gpus=args.gpus_per_executor)
+    prompts, sampling = [[1, 2, 3, 4], [9, 8, 7]], Sampling(temperature=0.8, seed=1)
+    try:
+        gen = lm.generate(prompts, 16, sampling, timeout=120)
+    except bft_ray.NoQuorumError:
+        # Executors 2 and 3 both lie about log-probabilities here; when they are two of the
+        # replicas no majority exists and nothing is accepted.
+        refused += 1
+        console.print(f"verified generation ({policy}): refused, replicas disagreed")
+    else:
+        honest = generate(factory(), prompts, 16, sampling)
+        same = bool(np.array_equal(gen.tokens, honest.tokens))
+        console.print(
+            f"verified generation ({policy}): {gen.tokens[0].tolist()}; "
+            f"equals the honest one: {same}"
+        )
+        wrong += not same
+
     report = cluster.report()
     console.print(report.table())
     if args.verifiers > 1:
