@@ -71,6 +71,7 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'bft_ray' has no attribute {name!r}")
 
+
 __all__ = [
     "Adaptive",
     "BftCluster",

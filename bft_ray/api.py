@@ -230,7 +230,7 @@ class BftCluster:
             >>> print(cluster.report())  # doctest: +SKIP
         """
         data = ray.get(self._verifier.report.remote())
-        return Report(data["executors"], data["counters"])
+        return Report(data["executors"], data["counters"], data.get("recent", []))
 
     def inject_fault(self, index: int, fault: Any) -> str:
         """Change the injected behaviour of executor slot ``index`` at run time.

@@ -173,6 +173,7 @@ def status(address: str | None, name: str, as_json: bool) -> None:
                         "name": name,
                         "executors": report.executors,
                         "counters": report.counters,
+                        "recent": report.recent,
                         "verifiers": verifiers,
                         "verifier_keys": cluster.verifier_keys(),
                     }
@@ -187,6 +188,23 @@ def status(address: str | None, name: str, as_json: bool) -> None:
 
     console = Console()
     console.print(report.table())
+    if report.recent:
+        recent = Table(title="recent verdicts (newest last)", title_justify="left")
+        for col in ("task", "function", "verdict", "agreed", "flagged", "replicas", "seconds"):
+            recent.add_column(col)
+        for v in report.recent[-10:]:
+            style = "red" if v["verdict"] == "failed" or v["dissent"] else None
+            recent.add_row(
+                v["task_id"],
+                v["function"],
+                v["verdict"],
+                " ".join(v["agreed"]),
+                " ".join(v["dissent"]),
+                str(v["replicas"]),
+                f"{v['seconds']:.3f}",
+                style=style,
+            )
+        console.print(recent)
     if verifiers:
         table = Table(title=f"verifier group (n={len(verifiers)})", title_justify="left")
         for col in ("verifier", "behaviour", "round", "committed round", "pending", "ledger rows"):

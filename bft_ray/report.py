@@ -56,10 +56,14 @@ class Report:
     Attributes:
         executors: One dict per executor incarnation with its counters, status and trust.
         counters: Verifier-wide counters (calls, accepted, failed, escalations, replacements).
+        recent: The last verdicts (newest last): task, function, verdict (``accepted``,
+            ``alone`` for an unaudited spot-checked result, ``failed``), agreeing executors,
+            flagged ones, replicas run and seconds.
     """
 
     executors: list[dict[str, Any]]
     counters: dict[str, int]
+    recent: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def row(self, executor_id: str) -> dict[str, Any]:
         """The row of one executor."""

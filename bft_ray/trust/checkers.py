@@ -28,6 +28,7 @@ class Freivalds:
     """Freivalds' check of a matrix product ``value == a @ b`` in ``O(n^2)`` per round.
 
     Each round draws a random ``r`` in ``{0, 1}^k`` and tests ``a @ (b @ r) == value @ r``
+    (all rounds together, as thin matrix products)
     within ``rtol``/``atol`` (scaled by ``|a| @ (|b| @ r)``, a bound on the rounding of the
     products). A wrong product passes one round with probability at most 1/2, so ``rounds``
     rounds miss it with probability at most ``2 ** -rounds``. The randomness is drawn on the
@@ -53,16 +54,14 @@ class Freivalds:
             return False
         rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
         work = np.result_type(a.dtype, b.dtype, np.float64)
-        a64, b64, c64 = a.astype(work), b.astype(work), c.astype(work)
-        abs_a, abs_b = np.abs(a64), np.abs(b64)
-        for _ in range(self.rounds):
-            r = rng.integers(0, 2, size=b.shape[1]).astype(work)
-            lhs = a64 @ (b64 @ r)
-            rhs = c64 @ r
-            scale = abs_a @ (abs_b @ r)
-            if not np.all(np.abs(lhs - rhs) <= self.atol + self.rtol * scale):
-                return False
-        return True
+        a64, b64 = a.astype(work, copy=False), b.astype(work, copy=False)
+        c64 = c.astype(work, copy=False)
+        # All rounds at once: k x rounds random 0/1 vectors, three thin products.
+        r = rng.integers(0, 2, size=(b.shape[1], self.rounds)).astype(work)
+        lhs = a64 @ (b64 @ r)
+        rhs = c64 @ r
+        scale = np.abs(a64) @ (np.abs(b64) @ r)  # bounds the rounding of both sides
+        return bool(np.all(np.abs(lhs - rhs) <= self.atol + self.rtol * scale))
 
 
 def freivalds(rounds: int = 20, rtol: float = 1e-5, atol: float = 1e-8) -> Freivalds:

@@ -239,6 +239,8 @@ class TrustedVerifier:
         self._canaries: deque = deque(maxlen=64)
         self._save_pending = False
         self._probation: asyncio.Task | None = None
+        # The last verdicts, newest last, for `bft-ray status` (task, function, outcome, ...).
+        self.recent: deque = deque(maxlen=50)
         for eid in self.pool.infos:
             self._register(eid)
         for eid, st in self.standing.executors.items():
@@ -744,6 +746,7 @@ class TrustedVerifier:
         self._save_now()
         return {
             "executors": rows,
+            "recent": list(self.recent),
             "counters": {
                 **self.counters,
                 # Executors replaced by a fresh incarnation (crash or stall), over all slots.
@@ -966,6 +969,7 @@ class TrustedVerifier:
             self._maybe_quarantine(eid)
         self._save_soon()
         return passed
+
     def _handle_entry(self, s: Slot) -> dict[str, Any]:
         return {
             "index": s.index,
@@ -1661,7 +1665,9 @@ class _Replication:
                 if self.v.group is not None:
                     await self.v._certify(self, decision)  # the failure is on the record too
                 self._apply_final(decision.record)
-                metrics.verdict(fn, "failed", time.monotonic() - self.started, len(self.trail))
+                elapsed = time.monotonic() - self.started
+                metrics.verdict(fn, "failed", elapsed, len(self.trail))
+                self.v.recent.append(self._summary("failed", decision.record, elapsed))
                 raise self._no_verdict(decision)
             if decision.step is Step.REPLACE:
                 counters["replacements"] += decision.count
@@ -1707,12 +1713,27 @@ class _Replication:
             self.v._offer_canary(self)
         elapsed = time.monotonic() - self.started
         metrics.verdict(fn, "accepted", elapsed, len(self.trail))
+        self.v.recent.append(self._summary("alone" if self.alone else "accepted", record, elapsed))
         logger.debug("%s %s accepted in %.3fs", fn, self.call.task_id, elapsed)
         if record.accepted.status is Status.ERROR:
             counters["user_errors"] += 1
             metrics.count(USER_ERRORS, fn)
             raise _agreed_exception(record.accepted, self.call.name)
         return accepted_result(record), cert
+
+    def _summary(self, outcome: str, record: VerdictRecord, elapsed: float) -> dict[str, Any]:
+        return {
+            "task_id": self.call.task_id,
+            "function": self.call.name,
+            "verdict": outcome,
+            "agreed": sorted(j.executor_id for j in record.agreeing),
+            "dissent": sorted(
+                f"{j.executor_id}:{j.label.value}" for j in record.judgements if j.label.flags
+            ),
+            "replicas": len(self.trail),
+            "seconds": round(elapsed, 4),
+            "at": time.time(),
+        }
 
     def _feed(self, out: Outcome) -> None:
         self.state.feed(out)

@@ -51,8 +51,20 @@ def test_status_attaches_and_reports_json(running):
     assert len(data["executors"]) == 4 and data["counters"]["accepted"] >= 3
     assert len(data["verifiers"]) == 4 and all(v["started"] for v in data["verifiers"])
     assert data["verifier_keys"] == [k.hex() for k in cluster.verifier_keys()]
+    recent = data["recent"]
+    assert len(recent) >= 3 and recent[-1]["verdict"] == "accepted"
+    assert recent[-1]["function"].endswith("double") and len(recent[-1]["agreed"]) >= 2
     table = cli("status", "--address", address)
     assert table.returncode == 0 and "verifier group (n=4)" in table.stdout
+    assert "recent verdicts" in table.stdout
+
+
+def test_bft_group_refuses_spot_checks_with_advice(running):
+    spot = bft_ray.verified_remote(replicas=3, num_gpus=1, policy=bft_ray.adaptive(0.1))(
+        lambda x: x
+    )
+    with pytest.raises(bft_ray.ConfigError, match="trusted mode"):
+        spot.remote(1)
 
 
 def test_status_of_a_cluster_that_does_not_run_fails_clearly(running):

@@ -81,6 +81,9 @@ def test_gemm_targeted_low_bit_flip_is_found_exactly_where_injected(healed):
     assert all(d.verdict == "healthy" for d in report.devices if d.index != 2)
 
 
+# A second Ray started in a subprocess (about 20 s): full suite only. The in-process tests above
+# find the same injected faults; this one checks the script's exit code and files.
+@pytest.mark.slow
 def test_job_script_exits_non_zero_with_an_injected_fault(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_USAGE_STATS_ENABLED"] = "0"

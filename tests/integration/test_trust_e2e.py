@@ -136,6 +136,7 @@ def test_ban_reinstate_groups_credit_and_persistence(tmp_path):
         trust_path=path,
         prices={"reward": 2.0, "stake": 5.0},
         quarantine_below=0.0,  # keep the flagged cartel in service: placement alone stops it
+        canary_rate=0.5,  # known-answer replays mixed into the work
     ) as cluster:
         f = bft_ray.verified_remote(replicas=3, num_gpus=0)(_vec)
         refs = [f.remote(x) for x in range(1, 31)]
@@ -147,6 +148,11 @@ def test_ban_reinstate_groups_credit_and_persistence(tmp_path):
             assert len({groups[int(e[2:].split(".")[0])] for e in ids}) == len(ids)
         rows = {r["executor"]: r for r in cluster.report().executors}
         assert rows["ex4"]["credit"] == 2.0 * rows["ex4"]["agreed"]
+        acct = _accounts(cluster)
+        assert cluster.report().counters["canaries"] > 0
+        # Honest executors pass every canary; the cartel's lies fail theirs.
+        assert all(acct[e]["canaries_failed"] == 0 for e in ("ex2", "ex3", "ex4"))
+        assert sum(acct[e]["canaries_passed"] for e in ("ex2", "ex3", "ex4")) > 0
         assert cluster.ban("ex4") == "banned"
         with pytest.raises(bft_ray.ConfigError, match="no executor"):
             cluster.ban("ex99")
