@@ -106,8 +106,22 @@ def test_values_come_with_a_group_certificate_anyone_can_check(cluster):
     assert not bft_ray.verify_certificate(cert, keys, task_id=bft_ray.task_id(other))
 
 
+# A bounded sample in `make test`: the two that attack certificates and verdicts directly plus
+# censorship; silence, wrong votes and equivocation (also covered by the Twins and simulator
+# suites of the consensus core) run in `make test-full`.
+_SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
-    "fault", ["silent", "censor", "bad_verdict", "wrong_vote", "forge", "equivocate"]
+    "fault",
+    [
+        pytest.param("silent", marks=_SLOW),
+        "censor",
+        "bad_verdict",
+        pytest.param("wrong_vote", marks=_SLOW),
+        "forge",
+        pytest.param("equivocate", marks=_SLOW),
+    ],
 )
 def test_one_byzantine_verifier_gains_nothing_but_delay(cluster, vfault, fault):
     vfault(1, fault)
