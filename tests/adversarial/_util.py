@@ -45,14 +45,16 @@ by_value(__name__)
 
 
 def start(executors: int, **kw: Any) -> bft_ray.BftCluster:
-    """One small local Ray plus a bft-ray pool, sized for a 2-core machine.
+    """A bft-ray pool on the session's Ray (started here if none runs), sized for 2 cores.
 
     Quarantine is off unless asked for, so that a liar stays in service for every test of the
     module (as in ``tests/integration/test_faults_e2e.py``).
     """
     bft_ray.shutdown()
-    if ray.is_initialized():
-        ray.shutdown()  # only this process's own connection
+    if not ray.is_initialized():
+        from integration.conftest import start_ray
+
+        start_ray()  # shared by the following modules (the session ends it)
     kw.setdefault("quarantine_below", 0.0)
     return bft_ray.init(
         executors=executors,
@@ -68,8 +70,6 @@ def start(executors: int, **kw: Any) -> bft_ray.BftCluster:
 
 def stop(cluster: bft_ray.BftCluster) -> None:
     cluster.shutdown()
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 def counts(cluster: bft_ray.BftCluster, index: int) -> dict[str, int]:

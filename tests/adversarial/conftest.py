@@ -1,4 +1,4 @@
-"""Adversarial suites start one Ray per module, like the integration suites."""
+"""Adversarial suites share the session's Ray, like the integration suites."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import bft_ray
 def ray_module():
     from integration.conftest import start_ray
 
-    start_ray()
+    if not ray.is_initialized():
+        start_ray()
     yield
     bft_ray.shutdown()
-    ray.shutdown()
