@@ -167,6 +167,22 @@ class AttackBehaviour(fault_lib.Behaviour):
         return f"robust_attack({self.spec!r})"
 
 
+def admit_answer(entry: dict[str, Any], spec: TaskSpec, ref: Any) -> Outcome:
+    """Read one worker's answer bytes (never unpickled) and admit them like any replica.
+
+    ``entry`` is the worker's :meth:`BftCluster.executor_handles` row; ``ref`` the object ref of
+    its answer envelope for ``spec``.
+    """
+    expected = Expected(
+        spec.task_id, spec.attempt, entry["executor_id"], entry["slot"], entry["public_key"]
+    )
+    try:
+        raw: Any = ray.get(ref)
+    except Exception as exc:
+        raw = no_answer(exc)
+    return admit(raw, expected)
+
+
 def robust_attack(attack: str | Attack = "alie") -> AttackBehaviour:
     """A fault behaviour that makes an executor slot a Byzantine worker (see :class:`AttackBehaviour`).
 
@@ -565,16 +581,7 @@ class RayTrainer:
         return TaskSpec(f"robust-s{self.config.seed}-{step}-w{slot}", 0, "Worker.compute")
 
     def _admit(self, slot: int, spec: TaskSpec, ref: Any) -> Outcome:
-        """Read one worker's answer bytes (never unpickled) and admit them like any replica."""
-        entry = self._entries[slot]
-        expected = Expected(
-            spec.task_id, spec.attempt, entry["executor_id"], entry["slot"], entry["public_key"]
-        )
-        try:
-            raw: Any = ray.get(ref)
-        except Exception as exc:
-            raw = no_answer(exc)
-        return admit(raw, expected)
+        return admit_answer(self._entries[slot], spec, ref)
 
     def _lose(self, slot: int, reason: str, forget: bool = False) -> None:
         if slot not in self.lost_slots:

@@ -870,20 +870,9 @@ class _RayBackend(_Backend):
         return TaskSpec(_task_id(self.trainer, step, slot), 0, "ModelWorker.compute")
 
     def _admit(self, slot: int, spec: Any, ref: Any) -> Any:
-        import ray
+        from bft_ray.robust.ray_training import admit_answer
 
-        from bft_ray.executor.guard import no_answer
-        from bft_ray.verifier.admission import Expected, admit
-
-        entry = self.entries[slot]
-        expected = Expected(
-            spec.task_id, spec.attempt, entry["executor_id"], entry["slot"], entry["public_key"]
-        )
-        try:
-            raw: Any = ray.get(ref)
-        except Exception as exc:
-            raw = no_answer(exc)
-        return admit(raw, expected)
+        return admit_answer(self.entries[slot], spec, ref)
 
     def gather(self, state: Tensor, step: int) -> dict[int, Tensor]:
         import ray

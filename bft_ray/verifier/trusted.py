@@ -820,26 +820,22 @@ class TrustedVerifier:
 
     async def reinstate(self, capability: bytes, executor_id: str) -> str:
         """Operator: put a quarantined, banned or suspect executor back in service."""
-        self._authorise(capability)
-        self._need_executor(executor_id)
-        self.standing.reinstate(executor_id)
-        self.pool.readmit(executor_id)
-        self._save_now()
-        return self.standing.get(executor_id).status.value
+        return self._operate(capability, executor_id, self.standing.reinstate, self.pool.readmit)
 
     async def ban(self, capability: bytes, executor_id: str) -> str:
         """Operator: no more work and no canaries for this executor until reinstated."""
-        self._authorise(capability)
-        self._need_executor(executor_id)
-        self.standing.ban(executor_id)
-        self.pool.quarantine(executor_id)
-        self._save_now()
-        return self.standing.get(executor_id).status.value
+        return self._operate(capability, executor_id, self.standing.ban, self.pool.quarantine)
 
-    def _need_executor(self, executor_id: str) -> None:
+    def _operate(self, capability: bytes, executor_id: str, *actions: Callable) -> str:
+        """An operator action on one executor: authorise, apply, persist; its new status."""
+        self._authorise(capability)
         if executor_id not in self.pool.by_id:
             known = ", ".join(sorted(self.pool.by_id))
             raise ConfigError(f"no executor {executor_id!r}; known executors: {known}")
+        for action in actions:
+            action(executor_id)
+        self._save_now()
+        return self.standing.get(executor_id).status.value
 
     async def reverify_tainted(self, capability: bytes) -> list[dict[str, Any]]:
         """Re-run every tainted result with full replication, without its executor.
