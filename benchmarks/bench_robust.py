@@ -254,21 +254,14 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds = [0]
         args.epochs = 3
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from bft_ray.progress import progress_bar
 
     start = time.perf_counter()
     grid = list(itertools.product(args.rules, args.attacks, args.splits, args.seeds))
     runs: list[dict[str, Any]] = []
     # The machine has 2 cores: 2 processes x 1 torch thread, or 1 process x 2 threads.
     threads = args.threads or max(1, 2 // max(1, args.jobs))
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns) as progress:
-        task = progress.add_task("robust training runs", total=len(grid))
+    with progress_bar("robust training runs", total=len(grid)) as progress:
         if args.jobs <= 1:
             import torch
 
@@ -277,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for cell in grid:
                     runs.append(run_cell(*cell, args.epochs))
-                    progress.advance(task)
+                    progress.advance()
             finally:
                 torch.set_num_threads(previous)  # when called from tests, leave no trace
         else:
@@ -290,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 futures = [pool.submit(run_cell, *cell, args.epochs) for cell in grid]
                 for future in as_completed(futures):
                     runs.append(future.result())
-                    progress.advance(task)
+                    progress.advance()
     wall = time.perf_counter() - start
 
     order = {cell: i for i, cell in enumerate(grid)}

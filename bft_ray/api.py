@@ -881,26 +881,12 @@ def _get_with_progress(refs: list[ObjectRef], timeout: float | None, desc: str) 
 
     Raises ``GetTimeoutError`` (and the refs' own errors) as ``ray.get`` does.
     """
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    from bft_ray.progress import progress_bar
 
     deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
     pending = list(dict.fromkeys(refs))  # ray.wait refuses duplicates
     values: dict[ObjectRef, Any] = {}
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task(desc, total=len(pending))
+    with progress_bar(desc, total=len(pending)) as bar:
         while pending:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             ready, pending = ray.wait(pending, num_returns=1, timeout=left)
@@ -913,7 +899,7 @@ def _get_with_progress(refs: list[ObjectRef], timeout: float | None, desc: str) 
                 ready += more
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             values.update(zip(ready, ray.get(ready, timeout=left)))
-            bar.advance(task, len(ready))
+            bar.advance(len(ready))
     return [values[r] for r in refs]
 
 

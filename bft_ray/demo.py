@@ -29,10 +29,10 @@ import time
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import bft_ray
+from bft_ray.progress import progress_bar
 
 TOL = bft_ray.Tolerance(rtol=1e-5, atol=1e-6)
 
@@ -118,15 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     accepted = refused = wrong = 0
     example = None
-    with Progress(
-        TextColumn("verified calls"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        bar = progress.add_task("calls", total=args.tasks, status="")
+    with progress_bar("verified calls", total=args.tasks, console=console) as bar:
         done = 0
         while done < args.tasks:
             batch = []
@@ -152,9 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                     wrong += not ok
                     example = example or ref
                 done += 1
-                progress.update(
-                    bar, advance=1, status=f"accepted {accepted}, refused {refused}, wrong {wrong}"
-                )
+                bar.advance(status=f"accepted {accepted}, refused {refused}, wrong {wrong}")
 
     # A short verified generation by a seeded tiny language model (bft_ray.inference).
     from bft_ray.inference import Sampling, TinyConfig, TinyLMFactory, VerifiedLM, generate

@@ -110,6 +110,7 @@ from bft_ray import faults as fault_lib
 from bft_ray.compare.canonical import Canonical, Leaf, canonicalize
 from bft_ray.compare.digest import digest_canonical
 from bft_ray.errors import ConfigError
+from bft_ray.progress import progress_bar
 
 __all__ = [
     "DEFAULT_REPEAT",
@@ -1599,13 +1600,6 @@ def run_check(
         {'slot0': 'healthy', 'slot1': 'healthy', 'slot2': 'healthy', 'slot3': 'healthy'}
     """
     import ray
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
 
     from bft_ray.executor.actor import TaskSpec
     from bft_ray.executor.guard import no_answer
@@ -1716,15 +1710,7 @@ def run_check(
             settle(c, r)
         return len(pending)
 
-    columns = (
-        TextColumn(f"[bold]sdc-check[/] {level}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("runs"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
-        task = bar.add_task("runs", total=total)
+    with progress_bar(f"sdc-check {level} runs", total, enabled=progress, console=console) as bar:
         for i in by_index:
             submit(i)
         while in_flight:
@@ -1756,7 +1742,7 @@ def run_check(
                         i,
                         now - last_answer[i],
                     )
-            bar.update(task, completed=done)
+            bar.advance(done - bar.completed)
 
     devices = []
     for i, e in sorted(by_index.items()):

@@ -47,11 +47,11 @@ from typing import Any
 import ray
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import bft_ray
 from bft_ray.errors import ConfigError
 from bft_ray.executor.pool import local_gpu_count
+from bft_ray.progress import progress_bar
 from bft_ray.robust import RayTrainer, RayTrainResult, TrainConfig, attack_faults
 from bft_ray.robust._spec import parse_spec
 from bft_ray.robust.data import load_digits_dataset
@@ -210,16 +210,8 @@ def run_one(
 ) -> tuple[RayTrainResult, bool | None]:
     """Train with a progress bar; returns the result and the certificate check (verified)."""
     cfg = trainer.config
-    with Progress(
-        TextColumn(f"[bold]{cfg.aggregator}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("steps"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        bar = progress.add_task("train", total=cfg.epochs * trainer.steps_per_epoch)
+    total = cfg.epochs * trainer.steps_per_epoch
+    with progress_bar(f"{cfg.aggregator} steps", total, console=console, transient=True) as bar:
 
         def on_epoch(epoch: int, accuracy: float, loss: float) -> None:
             res = trainer.result
@@ -237,7 +229,7 @@ def run_one(
                 f"train loss {loss:9.4g}  ({timing})"
             )
 
-        result = trainer.run(on_epoch=on_epoch, on_step=lambda _: progress.advance(bar))
+        result = trainer.run(on_epoch=on_epoch, on_step=lambda _: bar.advance())
         certified = None
         if trainer.last_aggregation is not None:
             cert = trainer.certificate()
@@ -280,7 +272,7 @@ def run_robust_trainer(
         verify_aggregation=args.verify_aggregation,
         aggregation_replicas=args.aggregation_replicas,
         on_epoch=on_epoch,
-        progress=sys.stdout.isatty(),
+        progress=True,  # a live bar on a terminal, a line per tenth in a job log
     ) as trainer:
         result = trainer.fit()
     n = max(1, len(result.compute_seconds))

@@ -533,17 +533,11 @@ class RobustTrainer:
         if not self.config.progress:
             yield lambda _loss: None
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from bft_ray.progress import progress_bar
 
-        columns = (
-            TextColumn("robust training"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-        )
-        with Progress(*columns, transient=True) as bar:
-            task = bar.add_task("train", total=target, completed=self.step_count, loss="-")
-            yield lambda loss: bar.update(task, advance=1, loss=f"{loss:.4g}")
+        with progress_bar("robust training", total=target, transient=True) as bar:
+            bar.completed = self.step_count  # resumed from a checkpoint
+            yield lambda loss: bar.advance(status=f"loss {loss:.4g}")
 
     @property
     def result(self) -> FitResult:
