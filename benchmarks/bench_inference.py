@@ -49,6 +49,7 @@ from bft_ray.inference import (
 )
 from bft_ray.inference.calibrate import calibrate_prefill, honest_variants
 from bft_ray.inference.substitutions import SUBSTITUTIONS
+from bft_ray.progress import progress_bar
 
 RESULTS = Path(__file__).parent / "results"
 KINDS = ["perturb", "int8", "int4", "smaller", "prompt", "seed", "truncate", "cheap_suffix"]
@@ -93,68 +94,72 @@ def detection(model, tol, seeds, lengths):
     import test_attacks as A  # the attacks exactly as the tests build them
 
     out = {}
-    for kind in KINDS:
-        row = {}
-        for new in lengths:
-            A.NEW = new
-            pre = rep = 0
-            for seed in seeds:
-                s = (
-                    Sampling(temperature=1.0, seed=seed)
-                    if kind == "seed" or seed % 2
-                    else Sampling()
-                )
-                ps = prompts(5000 + seed)
-                bad = A.cheat(kind, model, ps, s)
-                r = check_prefill(model, ps, bad, sampling=s, max_new_tokens=new, tolerance=tol,
-                                  commit_k=COMMIT_K)  # fmt: skip
-                pre += not r.ok
-                honest = generate(model, ps, new, s).to_wire()
-                b = {k: v for k, v in bad.to_wire().items() if k != "commitment"}
-                rep += not compare(honest, b, generation_tolerance()).agree
-            row[new] = {"prefill": pre / len(seeds), "replicated": rep / len(seeds)}
-        full = [n for n in lengths if row[n]["prefill"] == 1.0]
-        out[kind] = {
-            "by_length": row,
-            "tokens_needed_prefill": min(full) if full else None,
-            "tokens_needed_replicated": min(
-                (n for n in lengths if row[n]["replicated"] == 1.0), default=None
-            ),
-        }
-        print(f"  {kind:<13}" + "  ".join(
-            f"{n:>3} tok: prefill {row[n]['prefill']:>4.0%} repl {row[n]['replicated']:>4.0%}"
-            for n in lengths))  # fmt: skip
+    with progress_bar("detection runs", len(KINDS) * len(lengths) * len(seeds)) as bar:
+        for kind in KINDS:
+            row = {}
+            for new in lengths:
+                A.NEW = new
+                pre = rep = 0
+                for seed in seeds:
+                    bar.advance(status=kind)
+                    s = (
+                        Sampling(temperature=1.0, seed=seed)
+                        if kind == "seed" or seed % 2
+                        else Sampling()
+                    )
+                    ps = prompts(5000 + seed)
+                    bad = A.cheat(kind, model, ps, s)
+                    r = check_prefill(model, ps, bad, sampling=s, max_new_tokens=new, tolerance=tol,
+                                      commit_k=COMMIT_K)  # fmt: skip
+                    pre += not r.ok
+                    honest = generate(model, ps, new, s).to_wire()
+                    b = {k: v for k, v in bad.to_wire().items() if k != "commitment"}
+                    rep += not compare(honest, b, generation_tolerance()).agree
+                row[new] = {"prefill": pre / len(seeds), "replicated": rep / len(seeds)}
+            full = [n for n in lengths if row[n]["prefill"] == 1.0]
+            out[kind] = {
+                "by_length": row,
+                "tokens_needed_prefill": min(full) if full else None,
+                "tokens_needed_replicated": min(
+                    (n for n in lengths if row[n]["replicated"] == 1.0), default=None
+                ),
+            }
+            print(f"  {kind:<13}" + "  ".join(
+                f"{n:>3} tok: prefill {row[n]['prefill']:>4.0%} repl {row[n]['replicated']:>4.0%}"
+                for n in lengths))  # fmt: skip
     return out
 
 
 def false_alarms(model, tol, seeds, n_prompts=16, new=32):
     variants = honest_variants()
     gens = alarms_pre = alarms_rep = 0
-    for seed in seeds:
-        ps = prompts(seed, n=n_prompts)
-        s = Sampling(temperature=1.0 if seed % 2 else 0.0, seed=seed)
-        ref = generate(model, ps, new, s, commit_k=COMMIT_K)
-        for kw in variants.values():
-            kw = dict(kw)
-            threads = kw.pop("threads", None)
-            before = torch.get_num_threads()
-            if threads:
-                torch.set_num_threads(threads)
-            try:
-                g = generate(model, ps, new, s, commit_k=COMMIT_K, **kw)
-            finally:
-                torch.set_num_threads(before)
-            for i in range(n_prompts):
-                one = type(g)(g.tokens[i : i + 1], g.logprobs[i : i + 1], g.topk_ids[i : i + 1],
-                              [g.commitments[i]])  # fmt: skip
-                # Stream ids are request positions, so row i is checked inside the request.
-                r = check_prefill(model, ps, _only_row(g, i, ref), sampling=s,
-                                  max_new_tokens=new, tolerance=tol, commit_k=COMMIT_K)  # fmt: skip
-                alarms_pre += not r.ok
-                a = {k: v[i] for k, v in ref.to_wire().items() if k != "commitment"}
-                b = {k: v[0] for k, v in one.to_wire().items() if k != "commitment"}
-                alarms_rep += not compare(a, b, generation_tolerance()).agree
-                gens += 1
+    with progress_bar("honest runs", len(seeds) * len(variants)) as bar:
+        for seed in seeds:
+            ps = prompts(seed, n=n_prompts)
+            s = Sampling(temperature=1.0 if seed % 2 else 0.0, seed=seed)
+            ref = generate(model, ps, new, s, commit_k=COMMIT_K)
+            for kw in variants.values():
+                kw = dict(kw)
+                threads = kw.pop("threads", None)
+                before = torch.get_num_threads()
+                if threads:
+                    torch.set_num_threads(threads)
+                try:
+                    g = generate(model, ps, new, s, commit_k=COMMIT_K, **kw)
+                finally:
+                    torch.set_num_threads(before)
+                bar.advance()
+                for i in range(n_prompts):
+                    one = type(g)(g.tokens[i : i + 1], g.logprobs[i : i + 1], g.topk_ids[i : i + 1],
+                                  [g.commitments[i]])  # fmt: skip
+                    # Stream ids are request positions, so row i is checked inside the request.
+                    r = check_prefill(model, ps, _only_row(g, i, ref), sampling=s,
+                                      max_new_tokens=new, tolerance=tol, commit_k=COMMIT_K)  # fmt: skip
+                    alarms_pre += not r.ok
+                    a = {k: v[i] for k, v in ref.to_wire().items() if k != "commitment"}
+                    b = {k: v[0] for k, v in one.to_wire().items() if k != "commitment"}
+                    alarms_rep += not compare(a, b, generation_tolerance()).agree
+                    gens += 1
     return {
         "generations": gens,
         "prefill_false_alarms": alarms_pre,
@@ -196,11 +201,12 @@ def main() -> None:
         "bfloat16": TinyLMFactory(CFG.model_copy(update={"dtype": "bfloat16"}), 0)(),
     }
     big = TinyLMFactory(TinyConfig(vocab=256, d_model=128, n_layers=4, n_heads=4, max_seq=320))()
+    bigger = TinyLMFactory(TinyConfig(vocab=512, d_model=256, n_layers=4, n_heads=8, max_seq=320))()
     print("cost of verify-by-prefill vs generation, 128 new tokens, 8 prompts:")
     out["cost"] = {}
     generate(models["float32"], prompts(0, n=8), 16)  # warm-up (first-call allocations)
     for name, m in [("d64_l2_fp32", models["float32"]), ("d128_l4_fp32", big),
-                    ("d64_l2_bf16", models["bfloat16"])]:  # fmt: skip
+                    ("d256_l4_v512_fp32", bigger), ("d64_l2_bf16", models["bfloat16"])]:  # fmt: skip
         c = cost(m)
         out["cost"][name] = c
         print(f"  {name:<13} generation {c['generation_s'] * 1e3:7.1f} ms  check "

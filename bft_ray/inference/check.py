@@ -46,7 +46,7 @@ from bft_ray.config import _Model
 from bft_ray.inference.commitment import CommitmentTolerance, check_commitment
 from bft_ray.inference.generate import Generation
 from bft_ray.inference.model import CausalLM
-from bft_ray.inference.sampling import Sampling, token_margin
+from bft_ray.inference.sampling import Sampling, token_margins
 
 __all__ = [
     "PrefillChecker",
@@ -233,9 +233,7 @@ def _check_row(
     new = gen.tokens.shape[1]
     ln = logits.numpy()
     toks = gen.tokens[i]
-    margins = np.array(
-        [token_margin(ln[t], int(toks[t]), sampling, stream=i, position=t) for t in range(new)]
-    )
+    margins = token_margins(ln, toks, sampling, stream=i)
     stats["min_token_margin"] = min(stats["min_token_margin"], float(margins.min()))
     if margins.min() < -tol.token_margin:
         t = int(np.argmax(margins < -tol.token_margin))
@@ -245,7 +243,12 @@ def _check_row(
             f"(score {margins[t]:.4g} below the best, tolerance {tol.token_margin:g})",
         ))  # fmt: skip
     lsm = torch.log_softmax(logits, dim=-1)
-    lp = lsm.gather(1, torch.from_numpy(toks)[:, None]).squeeze(1).numpy().astype(np.float64)
+    lp = (
+        lsm.gather(1, torch.from_numpy(np.array(toks, dtype=np.int64))[:, None])
+        .squeeze(1)
+        .numpy()
+        .astype(np.float64)
+    )
     claimed = gen.logprobs[i].astype(np.float64)
     diff = np.abs(claimed - lp)
     err = float(np.max(diff)) if np.all(np.isfinite(claimed)) else math.inf

@@ -1,9 +1,9 @@
 """Replayable sampling: Gumbel-max with noise keyed by (task seed, stream, position).
 
 A sampled token is ``argmax(logits / temperature + g)`` where ``g`` is standard Gumbel noise
-drawn from a generator keyed by ``blake3("bft-ray/gumbel", seed, stream, position)``. This is an
-exact sample from ``softmax(logits / temperature)``, and anyone who knows the seed can replay it:
-a verifier recomputes the logits and checks that the claimed token is the argmax of the
+read from a blake3 extendable output keyed by ``(seed, stream)`` at the offset of ``position``.
+This is an exact sample from ``softmax(logits / temperature)``, and anyone who knows the seed can
+replay it: a verifier recomputes the logits and checks that the claimed token is the argmax of the
 perturbed scores (within a small margin for honest numeric noise). ``temperature == 0`` is
 greedy decoding (no noise).
 
@@ -22,13 +22,22 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import blake3
 import numpy as np
 from pydantic import ConfigDict, Field
 
 from bft_ray.config import _Model
 
-__all__ = ["Sampling", "gumbel_noise", "sample_token", "token_margin"]
+__all__ = [
+    "Sampling",
+    "gumbel_block",
+    "gumbel_noise",
+    "sample_token",
+    "token_margin",
+    "token_margins",
+]
 
 
 class Sampling(_Model):
@@ -49,13 +58,29 @@ class Sampling(_Model):
         return self.temperature == 0.0
 
 
+def gumbel_block(seed: int, stream: int, start: int, count: int, vocab: int) -> np.ndarray:
+    """Standard Gumbel noise (float64, shape ``(count, vocab)``) for positions ``start..``.
+
+    Row ``r`` is the noise of position ``start + r``. The noise of a whole stream is one
+    blake3 extendable output keyed by ``(seed, stream)``, read at the position's offset, so a
+    verifier replays every position of a prompt with a single call (the generator reads one
+    position at a time and gets the same numbers).
+    """
+    if count < 0 or start < 0:
+        raise ValueError(f"start={start}, count={count}: both must be >= 0")
+    width = vocab * 8
+    h = blake3.blake3(f"bft-ray/gumbel/v2/{seed}/{stream}".encode())
+    raw = h.digest(length=count * width, seek=start * width)
+    # 52 random bits per value: (bits + 0.5) / 2**52 is exact in float64 and strictly inside
+    # (0, 1), so neither log below sees 0 or 1.
+    bits = np.frombuffer(raw, dtype="<u8").reshape(count, vocab) >> np.uint64(12)
+    u = (bits.astype(np.float64) + 0.5) * 2.0**-52
+    return -np.log(-np.log(u))
+
+
 def gumbel_noise(seed: int, stream: int, position: int, vocab: int) -> np.ndarray:
     """Standard Gumbel noise (float64, ``vocab`` values) for one sampling position."""
-    key = blake3.blake3(f"bft-ray/gumbel/{seed}/{stream}/{position}".encode()).digest()
-    rng = np.random.Generator(np.random.PCG64(int.from_bytes(key[:16], "little")))
-    u = rng.random(vocab)
-    u = np.clip(u, 1e-300, 1.0 - 1e-16)
-    return -np.log(-np.log(u))
+    return gumbel_block(seed, stream, position, 1, vocab)[0]
 
 
 def _scores(logits: np.ndarray, sampling: Sampling, stream: int, position: int) -> np.ndarray:
@@ -78,7 +103,33 @@ def token_margin(
     A verifier accepts a claimed token when the margin is above ``-eps``: honest recomputation
     differs by numeric noise, so a near-tie may legitimately flip.
     """
-    s = _scores(logits, sampling, stream, position)
-    if not 0 <= token < s.shape[-1]:
-        return -np.inf
-    return float(s[token] - s.max())
+    return float(token_margins(np.asarray(logits)[None], [token], sampling, stream, position)[0])
+
+
+def token_margins(
+    logits: np.ndarray,
+    tokens: Sequence[int] | np.ndarray,
+    sampling: Sampling,
+    stream: int,
+    start: int = 0,
+) -> np.ndarray:
+    """:func:`token_margin` of consecutive positions at once (the prefill check's hot loop).
+
+    Args:
+        logits: fp32 logits, shape ``(n, vocab)``; row ``r`` is position ``start + r``.
+        tokens: The ``n`` claimed tokens.
+        sampling: The sampling the caller asked for.
+        stream: The prompt's index in the request.
+        start: Position of the first row.
+
+    Returns:
+        ``n`` margins (float64); ``-inf`` for a token outside the vocabulary.
+    """
+    lg = np.asarray(logits, dtype=np.float64)
+    n, vocab = lg.shape
+    toks = np.asarray(tokens, dtype=np.int64).reshape(n)
+    if not sampling.greedy:
+        lg = lg / sampling.temperature + gumbel_block(sampling.seed, stream, start, n, vocab)
+    valid = (toks >= 0) & (toks < vocab)
+    picked = lg[np.arange(n), np.where(valid, toks, 0)]
+    return np.where(valid, picked - lg.max(axis=1), -np.inf)

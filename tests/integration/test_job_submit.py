@@ -128,3 +128,28 @@ def test_robust_training_sizes_its_executors_to_the_cluster(dashboard_url):
     assert sized, logs[-3000:]
     assert 15 * float(sized.group(1)) <= 4
     assert "final accuracy" in logs
+
+
+def test_verified_inference_job_runs_under_the_job_api(dashboard_url):
+    # The inference job as the README submits it: prefill policy, the int8 cheater flagged alone.
+    status, logs = run_job(
+        dashboard_url,
+        [
+            "jobs/verified_inference.py",
+            "--policy",
+            "prefill",
+            "--prompts",
+            "2",
+            "--tokens",
+            "16",
+            "--calls",
+            "3",
+        ],
+    )
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    assert "result: OK (flagged executors: " in logs, logs[-3000:]
+    assert "equals the honest generation: True" in logs
+    honest = re.findall(r"\[ +honest\] ex\d: tasks \d+, agreed \d+, flagged (\d+)", logs)
+    assert honest == ["0", "0"], logs[-3000:]
+    assert "verified generations: 3/3" in logs  # progress lines reach the job log
+    assert re.search(r"policy prefill: [\d.]+ generations and [\d.]+ prefill checks", logs)
