@@ -263,9 +263,9 @@ def _check_row(
     k_top = gen.topk_ids.shape[2]
     own = torch.topk(logits, k_top, dim=-1).indices.numpy()
     claimed_top = gen.topk_ids[i]
-    shared = np.array(
-        [len(set(own[t].tolist()) & set(claimed_top[t].tolist())) for t in range(new)]
-    )
+    # |own ∩ claimed| per position: own's ids are distinct (top-k), so counting the own ids
+    # found among the claimed ones is the set intersection even if a liar repeats ids.
+    shared = (own[:, :, None] == claimed_top[:, None, :]).any(axis=2).sum(axis=1)
     ov = float(shared.min()) / k_top
     stats["min_topk_overlap"] = min(stats["min_topk_overlap"], ov)
     if ov < tol.min_topk_overlap - 1e-9:

@@ -157,3 +157,15 @@ def test_substitution_detection_rate_50_seeds(model, kind):
         )  # fmt: skip
         caught += not res.ok
     assert caught == 50, f"{kind}: caught {caught}/50"
+
+
+def test_repeating_one_true_top_id_does_not_fake_the_top_k_overlap(model):
+    """Top-k overlap is a set intersection: five copies of the best id overlap once, not five."""
+    ps = prompts(8)
+    honest = _gen(model, ps, Sampling())
+    top = honest.topk_ids.copy()
+    top[:, :, :] = honest.topk_ids[:, :, :1]  # the true best id, repeated k times
+    fake = Generation(honest.tokens, honest.logprobs, top, honest.commitments)
+    res = check_prefill(model, ps, fake, tolerance=TOL, commit_k=COMMIT_K)
+    assert res.failed == ("topk",), res
+    assert res.stats["min_topk_overlap"] == 1 / top.shape[2]
