@@ -44,7 +44,13 @@ from bft_ray import faults as fault_lib
 from bft_ray.compare.digest import digest_wire
 from bft_ray.compare.wire import UnsupportedTypeError, encode
 from bft_ray.config import ClusterSpec, Policy, Tolerance, validated
-from bft_ray.errors import BftRayError, CapabilityError, ConfigError, VerificationTimeoutError
+from bft_ray.errors import (
+    BftRayError,
+    CapabilityError,
+    ConfigError,
+    TrustStateError,
+    VerificationTimeoutError,
+)
 from bft_ray.executor import guard
 from bft_ray.executor.actor import inside_executor
 from bft_ray.executor.pool import create_pool, local_gpu_count
@@ -55,6 +61,8 @@ from bft_ray.verifier.certificate import Certificate, FunctionId
 from bft_ray.verifier.group import BftVerifier, GroupSetup
 from bft_ray.verifier.group import actor_name as group_actor_name
 from bft_ray.verifier.records import CallMeta
+from bft_ray.verifier.trust_state import AgreedStanding, TrustRules, agree
+from bft_ray.verifier.trust_state import trust_report as committed_trust_report
 from bft_ray.verifier.trusted import CallSpec, TrustedVerifier, admin_capability
 
 __all__ = [
@@ -230,7 +238,67 @@ class BftCluster:
             >>> print(cluster.report())  # doctest: +SKIP
         """
         data = ray.get(self._verifier.report.remote())
-        return Report(data["executors"], data["counters"], data.get("recent", []))
+        rows = data["executors"]
+        if self.spec.verifiers > 1:
+            # BFT mode: standing, credit and taint come from the committed standing that f + 1
+            # verifiers hold, never from the dispatcher's own bookkeeping.
+            agreed = self.committed_standing()
+            s = agreed.standing
+            for row in rows:
+                eid = row["executor"]
+                acct = s.account(eid) if eid in s.executors else None
+                row["standing"] = acct["status"] if acct else "active"
+                row["credit"] = round(acct["balance"], 6) if acct else 0.0
+                row["tainted"] = acct["tainted"] if acct else 0
+                if acct and acct["group"]:
+                    row["group"] = acct["group"]
+            data["counters"]["standing_agreed_by"] = ",".join(map(str, agreed.agreed_by))
+        return Report(rows, data["counters"], data.get("recent", []))
+
+    def committed_standing(self, timeout_s: float = 15.0) -> AgreedStanding:
+        """BFT mode: the executor standing that at least ``f + 1`` verifiers hold.
+
+        Every verifier is asked for its whole state; the digest of each is recomputed here
+        (a reported digest is never trusted) and a state is returned only if ``f + 1``
+        verifiers hold it, so at least one honest verifier vouches for it. While the group
+        is still committing (answers differ) it asks again for a few seconds, preferring a
+        state every answering verifier holds.
+
+        Raises:
+            ConfigError: In the trusted mode (``verifiers=1``).
+            TrustStateError: If no state is held by ``f + 1`` verifiers within ``timeout_s``.
+        """
+        if self.spec.verifiers <= 1:
+            raise ConfigError("committed_standing needs a BFT group (init(verifiers>=4))")
+        handles = self._group_handles()
+        n = len(handles)
+        start = time.monotonic()
+        while True:
+            answers: dict[int, Any] = {}
+            refs: dict[int, Any] = {}
+            for i, h in enumerate(handles):
+                try:
+                    refs[i] = h.standing.remote()
+                except Exception as exc:  # a verifier that is gone
+                    answers[i] = f"{type(exc).__name__}: {exc}"[:200]
+            if refs:
+                ray.wait(list(refs.values()), num_returns=len(refs), timeout=10.0)
+            for i, ref in refs.items():
+                try:
+                    answers[i] = ray.get(ref, timeout=0.1)
+                except Exception as exc:
+                    answers[i] = f"{type(exc).__name__}: {exc}"[:200]
+            elapsed = time.monotonic() - start
+            try:
+                agreed = agree(answers, n)
+            except TrustStateError:
+                if elapsed > timeout_s:
+                    raise
+            else:
+                answering = sum(isinstance(a, dict) and "state" in a for a in answers.values())
+                if len(agreed.agreed_by) == answering or elapsed > min(3.0, timeout_s):
+                    return agreed
+            time.sleep(0.25)
 
     def inject_fault(self, index: int, fault: Any) -> str:
         """Change the injected behaviour of executor slot ``index`` at run time.
@@ -332,7 +400,15 @@ class BftCluster:
             >>> acct = cluster.trust_report()["executors"][0]  # doctest: +SKIP
             >>> acct["balance"], acct["status"]  # doctest: +SKIP
             (41.0, 'active')
+
+        In BFT mode this is the committed standing (:meth:`committed_standing`): the state
+        at least ``f + 1`` verifiers hold, derived from committed verdicts and operator
+        records only, with ``agreed_by`` (the verifiers that hold it), ``digest``, ``f`` and
+        ``others`` (why the rest do not count). It raises
+        :class:`~bft_ray.errors.TrustStateError` if fewer than ``f + 1`` agree.
         """
+        if self.spec.verifiers > 1:
+            return committed_trust_report(self.committed_standing())
         return ray.get(self._verifier.trust_report.remote())
 
     def export_trust(self, path: str) -> str:
@@ -361,13 +437,19 @@ class BftCluster:
     def reinstate(self, executor_id: str) -> str:
         """Put a quarantined, banned or suspect executor back in service (owner only).
 
-        Its earned trust is not restored: it is replicated until it earns trust again.
+        Its earned trust is not restored: it is replicated until it earns trust again. In
+        BFT mode this is a committed operator record (signed by the dispatcher, applied by
+        every verifier in commit order); it returns the committed status.
         """
         admin = self._need_owner("reinstate")
         return ray.get(self._verifier.reinstate.remote(admin, executor_id))
 
     def ban(self, executor_id: str) -> str:
-        """Give an executor no more work, not even canaries, until reinstated (owner only)."""
+        """Give an executor no more work, not even canaries, until reinstated (owner only).
+
+        In BFT mode this is a committed operator record; it returns once ``f + 1`` verifiers
+        committed it, and the dispatcher sends the executor no call dispatched after that.
+        """
         admin = self._need_owner("ban")
         return ray.get(self._verifier.ban.remote(admin, executor_id))
 
@@ -698,6 +780,9 @@ def _start_group(
     # Verifiers go on distinct nodes where the cluster offers a `verifier` resource (one per
     # verifier node), else they are spread by Ray.
     placed = ray.cluster_resources().get("verifier", 0) >= n
+    # The same standing rules (prices, quarantine, owner groups) on every verifier, or their
+    # committed standing would differ.
+    rules = TrustRules.from_spec(spec)
     handles = []
     for i in range(n):
         fault = spec.verifier_faults.get(i)
@@ -721,6 +806,7 @@ def _start_group(
             ledger_dir,
             fault,
             admin_digest=blake3.blake3(admin).digest(),
+            rules=rules,
         )
         handles.append(ray.remote(BftVerifier).options(**options).remote(setup))
     keys = ray.get([h.public_key.remote() for h in handles], timeout=120)
@@ -1185,8 +1271,11 @@ class VerifiedFunction:
             if cluster.spec.verifiers > 1:
                 raise ConfigError(
                     f"{self.__qualname__}: policy={self.plan.describe()} runs in the trusted "
-                    "mode (verifiers=1) only for now; the BFT group replicates every call. Use "
-                    "policy='replicate' or bft_ray.init(verifiers=1)."
+                    "mode (verifiers=1) only: a spot check's audit coin must be secret and "
+                    "unpredictable, and a group of verifiers that do not trust each other "
+                    "would need a shared random coin to draw it, which bft-ray does not have. "
+                    "The BFT group replicates every call. Use policy='replicate' or "
+                    "bft_ray.init(verifiers=1)."
                 )
             plan = self.plan
             if self._checker is not None:

@@ -284,6 +284,18 @@ class ClusterSpec(_Model):
                 "verifier_faults need a BFT group (verifiers >= 4); the trusted verifier of "
                 "verifiers=1 is trusted by definition."
             )
+        if self.verifiers > 1 and self.trust_path is not None:
+            raise ValueError(
+                "trust_path is for the trusted mode (verifiers=1). In BFT mode the trust state "
+                "is derived from the verifiers' committed ledgers and survives restarts with "
+                "them: keep ledger_dir instead."
+            )
+        if self.verifiers > 1 and self.canary_rate > 0:
+            raise ValueError(
+                "canary_rate runs in the trusted mode (verifiers=1) only: a canary's verdict "
+                "would be the dispatcher's alone, never rechecked and committed by the group, "
+                "so it cannot change the committed standing. Use canary_rate=0 with verifiers>1."
+            )
         bad_g = [i for i in self.executor_groups if not 0 <= i < self.executors]
         if bad_g:
             raise ValueError(

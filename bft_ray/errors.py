@@ -25,6 +25,7 @@ __all__ = [
     "ConfigError",
     "ExecutorUnavailableError",
     "NoQuorumError",
+    "TrustStateError",
     "UserCodeError",
     "VerificationError",
     "VerificationTimeoutError",
@@ -87,6 +88,14 @@ class VerificationTimeoutError(VerificationError, GetTimeoutError):
 
 class CertificateError(BftRayError):
     """A certificate failed an offline check (bad signature, too few signers, ...)."""
+
+
+class TrustStateError(BftRayError):
+    """BFT mode: fewer than ``f + 1`` verifiers report the same trust state.
+
+    Then no honest verifier is known to vouch for any one state, so none is returned. A group
+    still committing its last blocks can cause it; retrying usually succeeds.
+    """
 
 
 class CapabilityError(BftRayError, PermissionError):

@@ -47,12 +47,15 @@ import tempfile
 from collections import deque
 from typing import Any
 
+import blake3
 from pydantic import ConfigDict, Field
 
 from bft_ray.config import _Model
 from bft_ray.trust.drift import DriftDetector
 
-__all__ = ["ExecutorStanding", "Prices", "Standing", "Status", "TaintedResult"]
+__all__ = ["ExecutorStanding", "Prices", "Standing", "Status", "TaintedResult", "state_digest"]
+
+_DIGEST_KEY = b"bft-ray/standing/v1".ljust(32, b"\0")  # blake3 keyed mode: domain separation
 
 
 class Status(enum.Enum):
@@ -417,6 +420,15 @@ class Standing:
         s.drift = DriftDetector.from_json(data["drift"])
         return s
 
+    def digest(self) -> bytes:
+        """Digest of the whole state (:func:`state_digest` of :meth:`to_json`).
+
+        Equal on two verifiers exactly when they hold the same standing, so the BFT group
+        compares it (``VerdictApp.standing_digest``) and a reader of ``f + 1`` verifiers'
+        states recomputes it rather than trusting a reported one.
+        """
+        return state_digest(self.to_json())
+
     def save(self, path: str) -> None:
         """Write the state atomically (a crash mid-write leaves the previous file)."""
         directory = os.path.dirname(os.path.abspath(path))
@@ -430,3 +442,16 @@ class Standing:
     def load(cls, path: str) -> Standing:
         with open(path) as fh:
             return cls.from_json(json.load(fh))
+
+
+def state_digest(data: dict[str, Any]) -> bytes:
+    """Digest of a :meth:`Standing.to_json` state, independent of insertion order.
+
+    Canonical JSON (sorted keys, no spaces, the per-function rows sorted) under a keyed
+    blake3: two states that differ in any field, streak or float differ in digest. Floats are
+    written by ``repr`` (shortest round-trip), so the same arithmetic gives the same text.
+    """
+    canon = dict(data)
+    canon["functions"] = sorted(data.get("functions", []), key=lambda r: (r[0], r[1]))
+    text = json.dumps(canon, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return blake3.blake3(text.encode(), key=_DIGEST_KEY).digest()

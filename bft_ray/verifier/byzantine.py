@@ -17,7 +17,15 @@ from __future__ import annotations
 import dataclasses
 
 from bft_ray.consensus.types import Block
-from bft_ray.verifier.claims import ReplicaClaim, SignedClaim, decode_payload, encode_payload
+from bft_ray.verifier.claims import (
+    OperatorClaim,
+    ReplicaClaim,
+    SignedClaim,
+    SignedOperator,
+    decode_entry,
+    decode_payload,
+    encode_payload,
+)
 from bft_ray.verifier.recheck import Recheck, Verdict
 from bft_ray.verifier.replica import VerdictApp
 
@@ -52,7 +60,13 @@ class FaultyApp(VerdictApp):
 
 def rewrite_claim(entry: bytes) -> bytes:
     """A claim rewritten by a Byzantine leader (keeping the dispatcher's signature)."""
-    sc = SignedClaim.decode(entry)
+    sc = decode_entry(entry)
+    if isinstance(sc, SignedOperator):  # the opposite action, under the original signature
+        op = sc.op
+        flipped = OperatorClaim(
+            op.op_id, "reinstate" if op.action == "ban" else "ban", op.executor_id
+        )
+        return SignedOperator(flipped.encode(), sc.signature, flipped).encode()
     c = sc.claim
     answered = [i for i, r in enumerate(c.replicas) if r.state == "answered"]
     others = [r.executor_id for r in c.replicas if r.state == "answered"]

@@ -39,17 +39,24 @@ from bft_ray.executor.attestation import Attestation
 
 __all__ = [
     "STATES",
+    "OPERATOR_ACTIONS",
     "ClaimError",
     "Judged",
+    "OperatorClaim",
     "ReplicaClaim",
     "SignedClaim",
+    "SignedOperator",
     "VerdictClaim",
+    "decode_entry",
     "decode_payload",
     "encode_payload",
     "entry_task_id",
 ]
 
 _DOMAIN = b"bft-ray/claim/v1"
+_OPERATOR_DOMAIN = b"bft-ray/operator/v1"
+_OPERATOR_TAG = "operator"  # first field of a signed operator entry (a signed claim has 2 fields)
+OPERATOR_ACTIONS = ("ban", "reinstate")
 STATES = ("answered", "failed", "running")
 STEPS = ("accept", "fail")
 FAILURES = ("crashed", "timeout", "invalid")
@@ -244,6 +251,117 @@ class SignedClaim:
     def verify(self, dispatcher_key: bytes) -> bool:
         """Whether the dispatcher signed exactly these bytes."""
         return verify_signature(dispatcher_key, _signing_bytes(self.body), self.signature)
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorClaim:
+    """An operator's action on one executor, ordered by the group like a verdict.
+
+    In BFT mode ``cluster.ban(id)`` and ``cluster.reinstate(id)`` do not change the
+    dispatcher's state: the dispatcher signs one of these (after checking the driver's
+    capability) and every verifier applies it to its standing in commit order, so the
+    operator's word is on the record and every honest verifier holds the same standing.
+
+    Attributes:
+        op_id: Unique id (``op-<hex>``); a committed id is never applied twice, so a
+            replayed entry is a no-op.
+        action: ``ban`` or ``reinstate``.
+        executor_id: The executor acted on.
+    """
+
+    op_id: str
+    action: str
+    executor_id: str
+
+    @property
+    def task_id(self) -> str:
+        return self.op_id
+
+    def encode(self) -> bytes:
+        """Canonical bytes of the record."""
+        return wire.encode([self.op_id, self.action, self.executor_id])
+
+    @classmethod
+    def decode(cls, data: bytes) -> OperatorClaim:
+        """Strictly decode :meth:`encode`'s output.
+
+        Raises:
+            ClaimError: If the bytes are not a well-formed operator record.
+        """
+        f = _list(_decode(data), 3, "operator record")
+        op = cls(
+            _str(f[0], "op_id"),
+            _choice(f[1], OPERATOR_ACTIONS, "action"),
+            _str(f[2], "executor_id"),
+        )
+        if not op.op_id.startswith("op-") or not op.executor_id:
+            raise ClaimError("an operator record needs an op- id and an executor")
+        if op.encode() != bytes(data):
+            raise ClaimError("operator record bytes are not canonical")
+        return op
+
+    def sign(self, key: SigningKey) -> SignedOperator:
+        """This record signed by the dispatcher's key (under its own domain)."""
+        body = self.encode()
+        return SignedOperator(body, key.sign(encode_fields(_OPERATOR_DOMAIN, body)), self)
+
+
+@dataclasses.dataclass(frozen=True)
+class SignedOperator:
+    """An operator record's bytes with the dispatcher's signature (a payload entry)."""
+
+    body: bytes
+    signature: bytes
+    op: OperatorClaim
+
+    @property
+    def task_id(self) -> str:
+        return self.op.op_id
+
+    def encode(self) -> bytes:
+        """Canonical bytes: ``["operator", body, signature]``."""
+        return wire.encode([_OPERATOR_TAG, self.body, self.signature])
+
+    @classmethod
+    def decode(cls, data: bytes) -> SignedOperator:
+        """Strictly decode; the signature is not checked here (see :meth:`verify`).
+
+        Raises:
+            ClaimError: If the bytes are not a well-formed signed operator record.
+        """
+        f = _list(_decode(data), 3, "signed operator record")
+        if f[0] != _OPERATOR_TAG or type(f[0]) is not str:
+            raise ClaimError("not an operator record")
+        body = _bytes(f[1], "body", None)
+        sig = _bytes(f[2], "signature", 64)
+        out = cls(body, sig, OperatorClaim.decode(body))
+        if out.encode() != bytes(data):
+            raise ClaimError("signed operator record bytes are not canonical")
+        return out
+
+    def verify(self, dispatcher_key: bytes) -> bool:
+        """Whether the dispatcher signed exactly these bytes as an operator record."""
+        return verify_signature(
+            dispatcher_key, encode_fields(_OPERATOR_DOMAIN, self.body), self.signature
+        )
+
+
+def decode_entry(entry: bytes) -> SignedClaim | SignedOperator:
+    """A payload entry: a signed verdict claim or a signed operator record.
+
+    The two shapes cannot be confused: a signed claim is a list of 2 fields, an operator
+    record a list of 3 whose first is ``"operator"``, and each is signed under its own domain.
+
+    Raises:
+        ClaimError: If the entry is neither.
+    """
+    try:
+        return SignedClaim.decode(entry)
+    except ClaimError as first:
+        try:
+            return SignedOperator.decode(entry)
+        except ClaimError:
+            raise first from None
 
 
 def encode_payload(entries: Sequence[bytes]) -> bytes:

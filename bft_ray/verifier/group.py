@@ -13,6 +13,11 @@ decides anything lives in the pure replica; this module only moves bytes:
   deserialisation guard (an object is read only if the executor's actor produced it, and only
   as raw bytes), rechecks the claim, offers it to the replica, and answers once the claim is
   committed: with its signature over the BFT certificate body, or with why it will not sign.
+* ``submit_operator(entry)``: an operator record (``cluster.ban``/``reinstate`` in BFT mode),
+  signed by the dispatcher; offered as is (its signature is its whole check) and answered once
+  committed, with the standing this verifier holds after that block.
+* ``standing()``: this verifier's committed standing (the whole state and its digest), which
+  ``cluster.trust_report()`` reads from every verifier and accepts only where ``f + 1`` agree.
 * A timer ticks the replica every ``tick_s`` while it holds uncommitted claims (an idle group
   sends nothing), and after each step or tick the drain loop persists, sends, applies.
 
@@ -68,13 +73,15 @@ from bft_ray.verifier.byzantine import FaultyApp
 from bft_ray.verifier.certificate import Certificate, FunctionId
 from bft_ray.verifier.claims import (
     ClaimError,
+    SignedOperator,
     VerdictClaim,
     decode_payload,
     encode_payload,
 )
 from bft_ray.verifier.recheck import Recheck, recheck
 from bft_ray.verifier.records import CallMeta, certificate_fields
-from bft_ray.verifier.replica import Committed, VerifierReplica
+from bft_ray.verifier.replica import OPERATOR_OK, Committed, VerifierReplica
+from bft_ray.verifier.trust_state import TrustRules
 
 __all__ = [
     "NAMESPACE",
@@ -119,6 +126,8 @@ class GroupSetup:
             change this verifier's injected behaviour.
         continuous: For benchmarking consensus alone: leaders propose (empty) blocks without
             pause, so rounds run back to back; call ``kick()`` once all verifiers started.
+        rules: The standing rules (prices, quarantine, owner groups), the same on every
+            verifier of the group, or their standing digests differ.
     """
 
     cluster: str
@@ -136,6 +145,7 @@ class GroupSetup:
     max_claims: int = 256
     admin_digest: bytes = b""  # blake3 of the driver's admin capability (fault injection)
     continuous: bool = False  # benchmarks only: leaders propose empty blocks without pause
+    rules: TrustRules = dataclasses.field(default_factory=TrustRules)
 
     @property
     def ledger_path(self) -> Path:
@@ -232,10 +242,13 @@ class BftVerifier:
             signing_key=self.key,
             check_signatures=False,  # every attestation was verified by the recheck
         )
-        app = FaultyApp(s.dispatcher_key, max_claims=s.max_claims, censor_after=s.censor_after)
+        app = FaultyApp(
+            s.dispatcher_key, max_claims=s.max_claims, censor_after=s.censor_after, rules=s.rules
+        )
         app.fault = self.fault
         app.continuous = s.continuous
-        # After a restart: the same committed set and reputation as before the crash.
+        # After a restart: the same committed set, reputation and standing as before the crash
+        # (the standing is derived from committed entries only, so replaying them rebuilds it).
         app.restore([b for _, b in ledger.committed(1)])
         node = Node(
             NodeConfig(
@@ -321,7 +334,8 @@ class BftVerifier:
         self.metrics.node_stats(rep.node.stats)
         for c in applied:
             self.counters["committed"] += 1
-            self.metrics.committed(c.task_id, c.claim.claim.step == "accept")
+            if not c.operator:
+                self.metrics.committed(c.task_id, c.claim.claim.step == "accept")
             self._done[c.task_id] = c
             if len(self._done) > 50_000:
                 self._done.popitem(last=False)
@@ -376,7 +390,7 @@ class BftVerifier:
         self._ensure_ticker()
         self.counters["claims"] += 1
         sc = rep.app.decode(entry)
-        if sc is None:
+        if sc is None or isinstance(sc, SignedOperator):
             return {
                 "index": self.index,
                 "ok": False,
@@ -447,9 +461,44 @@ class BftVerifier:
         await asyncio.gather(*(read(oid, ref) for oid, ref in reads))
         return out
 
+    async def submit_operator(self, entry: bytes) -> dict:
+        """Order an operator record; answer once committed, with the standing after its block."""
+        rep = self.replica
+        if rep is None:
+            return {"index": self.index, "ok": False, "reason": "verifier not started"}
+        self._ensure_ticker()
+        sc = rep.app.decode(entry)
+        if not isinstance(sc, SignedOperator):
+            return {"index": self.index, "ok": False, "reason": "not a signed operator record"}
+        if self.fault == "silent":
+            return {"index": self.index, "ok": False, "reason": "silent"}
+        done = self._done.get(sc.task_id)
+        if done is None:
+            rep.offer(entry, OPERATOR_OK)
+            self._pump()
+            done = self._done.get(sc.task_id)
+        if done is None:
+            fut = self._waiters.get(sc.task_id)
+            if fut is None:
+                fut = self._waiters[sc.task_id] = asyncio.get_running_loop().create_future()
+            done = await fut
+        block = done.block
+        return {
+            "index": self.index,
+            "ok": True,
+            "block_round": block.round,
+            "block_id": block.id,
+            **_view(done),
+        }
+
     def _ack(self, done: Committed, result: Recheck) -> dict:
         block = done.block
-        base = {"index": self.index, "block_round": block.round, "block_id": block.id}
+        base = {
+            "index": self.index,
+            "block_round": block.round,
+            "block_id": block.id,
+            **_view(done),
+        }
         if not result.ok and self.fault != "wrong_vote":
             return {**base, "ok": False, "reason": result.reason}
         claim = done.claim.claim
@@ -507,6 +556,7 @@ class BftVerifier:
             "committed_round": st.committed_round,
             "pending": rep.app.pending(),
             "reputation_digest": rep.app.reputation_digest().hex(),
+            "standing_digest": rep.app.standing_digest().hex(),
             "ledger": str(self.setup.ledger_path),
             "ledger_height": self.ledger.committed_height,
             "counters": dict(self.counters),
@@ -518,6 +568,23 @@ class BftVerifier:
         rep = self.replica
         return [] if rep is None else [r.as_row() for r in rep.app.reputation.records()]
 
+    async def standing(self) -> dict:
+        """This verifier's committed standing: the whole state, its digest, the round.
+
+        Readers recompute the digest from ``state`` and take a state only where ``f + 1``
+        verifiers hold it (:func:`bft_ray.verifier.trust_state.agree`).
+        """
+        rep = self.replica
+        if rep is None:
+            return {"index": self.index, "error": "verifier not started"}
+        return {
+            "index": self.index,
+            "state": rep.app.standing.to_json(),
+            "digest": rep.app.standing_digest().hex(),
+            "committed_round": rep.app.committed_round,
+            "ledger_height": self.ledger.committed_height,
+        }
+
     async def shutdown(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
@@ -525,12 +592,26 @@ class BftVerifier:
             self.ledger.close()
 
 
+def _view(done: Committed) -> dict:
+    """The standing after ``done``'s block, as the dispatcher adopts it from f + 1 verifiers."""
+    return {
+        "standing_digest": done.standing_digest,
+        "blocked": [list(b) for b in done.blocked],
+    }
+
+
 def _rows(applied: list[Committed]) -> list[Any]:
-    """Ledger rows of the claims of one committed block."""
+    """Ledger rows of the claims of one committed block.
+
+    Operator records get no verdict row: they are in the block's payload, which the ledger
+    hash-chains and the audit checks, and they judge no executor's answer.
+    """
     from bft_ray.verifier.ledger import VerdictRow
 
     rows = []
     for c in applied:
+        if c.operator:
+            continue
         claim = c.claim.claim
         rows.append(
             VerdictRow(

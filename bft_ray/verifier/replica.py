@@ -20,8 +20,11 @@ The Ray actor (:mod:`bft_ray.verifier.group`) and the tests' in-memory network d
   dropped, so honest verifiers that judged one claim differently cannot block each other for
   good.
 * **Applying.** A committed claim's judgements are the record every verifier applies to its
-  reputation, including one that never read the answers: they were rechecked by the
-  ``2f + 1`` voters, at least ``f + 1`` of them honest.
+  reputation and its standing (:mod:`bft_ray.verifier.trust_state`: credit, streaks,
+  quarantine), including one that never read the answers: they were rechecked by the
+  ``2f + 1`` voters, at least ``f + 1`` of them honest. A committed operator record
+  (``ban``/``reinstate``, signed by the dispatcher) is applied to the standing in the same
+  order. Both are rebuilt by replaying the ledger after a restart (:meth:`VerdictApp.restore`).
 
 :class:`VerifierReplica` is the drain loop of the ``Ready`` contract: persist, collect the
 messages to send, apply the committed blocks (ledger rows and reputation), ``advance``.
@@ -51,14 +54,24 @@ from bft_ray.consensus.blocktree import CommittedBlock
 from bft_ray.consensus.node import Node, Outgoing, Ready
 from bft_ray.consensus.types import Block, Message
 from bft_ray.trust.reputation import Reputation
-from bft_ray.verifier.claims import ClaimError, SignedClaim, decode_payload, encode_payload
-from bft_ray.verifier.recheck import Recheck, record_of
+from bft_ray.verifier.claims import (
+    ClaimError,
+    SignedClaim,
+    SignedOperator,
+    decode_entry,
+    decode_payload,
+    encode_payload,
+)
+from bft_ray.verifier.recheck import Recheck, Verdict, record_of
+from bft_ray.verifier.trust_state import TrustRules, blocked
 
 __all__ = ["Committed", "LedgerStore", "MemoryLedger", "VerdictApp", "VerifierReplica"]
 
 logger = logging.getLogger(__name__)
 
 _KEEP_COMMITTED = 200_000  # task ids remembered as committed (duplicates are ignored)
+# An operator record needs no recheck: the dispatcher's signature over it is the whole check.
+OPERATOR_OK = Recheck(Verdict.VALID)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,24 +79,34 @@ class Committed:
     """One claim of a committed block, as this verifier applies it.
 
     Attributes:
-        task_id: The call.
+        task_id: The call (an operator record's ``op-`` id).
         entry: Index of the claim in the block's payload.
-        claim: The signed claim (as committed).
+        claim: The signed claim (or signed operator record) as committed.
         block: The committed block.
         recheck: This verifier's own recheck, or ``None`` if it never rechecked the claim
             (it then does not sign a certificate for it).
+        standing_digest: Digest of this verifier's standing once the whole block is applied
+            (equal on every honest verifier after the same block).
+        blocked: Executors quarantined or banned in that standing, ``(id, status)`` sorted.
     """
 
     task_id: str
     entry: int
-    claim: SignedClaim
+    claim: SignedClaim | SignedOperator
     block: Block
     recheck: Recheck | None
+    standing_digest: bytes = b""
+    blocked: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def operator(self) -> bool:
+        """Whether this entry is an operator record rather than a verdict claim."""
+        return isinstance(self.claim, SignedOperator)
 
 
 @dataclasses.dataclass
 class _Held:
-    claim: SignedClaim
+    claim: SignedClaim | SignedOperator
     entry: bytes
     recheck: Recheck
     since: int  # tick when it was offered
@@ -96,6 +119,8 @@ class VerdictApp:
         dispatcher_key: Public key whose signature every claim must carry.
         max_claims: Most claims per block.
         censor_after: Ticks a valid claim may wait before a block that omits it gets no vote.
+        give_up_after: Ticks after which an uncommitted claim is dropped.
+        rules: The standing rules (prices, quarantine); identical on every verifier of a group.
     """
 
     def __init__(
@@ -104,6 +129,7 @@ class VerdictApp:
         max_claims: int = 256,
         censor_after: int = 20,
         give_up_after: int | None = None,
+        rules: TrustRules | None = None,
     ):
         self.dispatcher_key = dispatcher_key
         self.max_claims = max_claims
@@ -117,20 +143,23 @@ class VerdictApp:
         self._rejected: dict[bytes, Recheck] = {}  # entry digest -> invalid recheck
         self._committed: OrderedDict[str, None] = OrderedDict()
         self._blocks: dict[bytes, tuple[bytes, int, tuple[str, ...]]] = {}
-        self._decoded: dict[bytes, SignedClaim | None] = {}
+        self._decoded: dict[bytes, SignedClaim | SignedOperator | None] = {}
         self.committed_round = 0
         self.reputation = Reputation()
+        self.rules = rules or TrustRules()
+        self.standing = self.rules.new_standing()
 
     # -- intake ----------------------------------------------------------------------------
 
-    def decode(self, entry: bytes) -> SignedClaim | None:
-        """The signed claim in a payload entry, if well formed and signed by the dispatcher."""
+    def decode(self, entry: bytes) -> SignedClaim | SignedOperator | None:
+        """The signed claim (or operator record) in a payload entry, if well formed and signed
+        by the dispatcher."""
         key = blake3.blake3(entry).digest()
         if key not in self._decoded:
             if len(self._decoded) > 10_000:
                 self._decoded.clear()
             try:
-                sc = SignedClaim.decode(entry)
+                sc = decode_entry(entry)
                 self._decoded[key] = sc if sc.verify(self.dispatcher_key) else None
             except ClaimError:
                 self._decoded[key] = None
@@ -156,6 +185,8 @@ class VerdictApp:
         sc = self.decode(entry)
         if sc is None:
             return None
+        if isinstance(sc, SignedOperator):
+            return OPERATOR_OK  # valid wherever its signature is: nothing to read or replay
         held = self._held.get(sc.task_id)
         if held is not None and held.entry == entry:
             return held.recheck
@@ -263,8 +294,8 @@ class VerdictApp:
     # -- applying ----------------------------------------------------------------------------
 
     def commit(self, block: Block) -> list[Committed]:
-        """Apply one committed block: mark its claims committed, update reputation."""
-        out = []
+        """Apply one committed block: mark its claims committed, update reputation and standing."""
+        done = []
         self.committed_round = max(self.committed_round, block.round)
         for i, entry in enumerate(_entries(block.payload) or []):
             sc = self.decode(entry)
@@ -275,19 +306,40 @@ class VerdictApp:
                 self._committed.popitem(last=False)
             held = self._held.pop(sc.task_id, None)
             mine = held.recheck if held is not None and held.entry == entry else None
-            record = record_of(sc.claim)
-            for j in record.judgements:
-                if j.executor_id != "-":
-                    self.reputation.register(j.executor_id, 0, j.slot)
-            self.reputation.apply(record)
-            out.append(Committed(sc.task_id, i, sc, block, mine))
+            if isinstance(sc, SignedOperator):
+                mine = OPERATOR_OK
+            self.apply_committed(sc)
+            done.append((sc, i, mine))
         self._blocks = {k: v for k, v in self._blocks.items() if v[1] >= self.committed_round}
-        return out
+        if not done:
+            return []
+        # One view per block: every honest verifier holds it after applying this block, so the
+        # dispatcher can adopt it once f + 1 verifiers report the same one for the same block.
+        digest, stops = self.standing_digest(), blocked(self.standing)
+        return [Committed(sc.task_id, i, sc, block, mine, digest, stops) for sc, i, mine in done]
+
+    def apply_committed(self, sc: SignedClaim | SignedOperator) -> None:
+        """Apply one committed entry to the derived state (reputation, standing), in commit
+        order. The only place committed entries change that state."""
+        if isinstance(sc, SignedOperator):
+            self.rules.apply_operator(self.standing, sc.op)
+            return
+        record = record_of(sc.claim)
+        for j in record.judgements:
+            if j.executor_id != "-":
+                self.reputation.register(j.executor_id, 0, j.slot)
+        self.reputation.apply(record)
+        self.rules.apply_claim(self.standing, self.reputation, sc.claim)
 
     def restore(self, blocks: Sequence[Block]) -> None:
-        """Rebuild the committed set and reputation from committed blocks (after a restart)."""
+        """Rebuild the committed set, reputation and standing from committed blocks (after a
+        restart): the same entries in the same order give the same state."""
         for block in blocks:
             self.commit(block)
+
+    def standing_digest(self) -> bytes:
+        """Digest of the standing (equal on every honest verifier; see ``Standing.digest``)."""
+        return self.standing.digest()
 
     def reputation_digest(self) -> bytes:
         """Digest of the reputation state (equal on every honest verifier)."""
@@ -331,6 +383,7 @@ class MemoryLedger:
 
         self.store = MemoryStore()
         self.rows: list[tuple[bytes, list[Any]]] = []
+        self.blocks: list[Block] = []
         self._safety: list[Any] = []
 
     def persist(self, ready: Ready) -> None:
@@ -344,11 +397,17 @@ class MemoryLedger:
 
     def append(self, committed: CommittedBlock, verdicts: Sequence[Any]) -> None:
         self.rows.append((committed.block.id, list(verdicts)))
+        if not self.blocks or self.blocks[-1].id != committed.block.id:
+            self.blocks.append(committed.block)  # a restarted node re-emits its last commit
         b = committed.block
         self.store.committed_id, self.store.committed_round = b.id, b.round
 
     def recovery(self) -> Any:
         return self.store.recovery()
+
+    def committed(self, start_height: int = 1) -> list[tuple[int, Block]]:
+        """Committed blocks as ``(height, block)``, in commit order (as ``Ledger.committed``)."""
+        return [(h, b) for h, b in enumerate(self.blocks, 1) if h >= start_height]
 
 
 class VerifierReplica:

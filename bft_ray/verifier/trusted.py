@@ -46,6 +46,7 @@ from bft_ray.compare.wire import WireItem, WireValue, decode, sequence_length
 from bft_ray.config import Policy
 from bft_ray.crypto import SigningKey, verify_signature
 from bft_ray.errors import (
+    BftRayError,
     CapabilityError,
     CertificateError,
     ConfigError,
@@ -74,7 +75,7 @@ from bft_ray.trust.standing import Prices, Standing
 from bft_ray.trust.standing import Status as TrustStatus
 from bft_ray.verifier.admission import Expected, NoAnswer, Outcome, Status, admit, failed
 from bft_ray.verifier.certificate import Certificate, VerifierSignature
-from bft_ray.verifier.claims import FAILURES, ReplicaClaim, VerdictClaim
+from bft_ray.verifier.claims import FAILURES, OperatorClaim, ReplicaClaim, VerdictClaim
 from bft_ray.verifier.decision import CallState, Decision, Judgement, Label, Step, VerdictRecord
 from bft_ray.verifier.group import certificate_body, fail_statement
 from bft_ray.verifier.recheck import judged
@@ -85,6 +86,7 @@ from bft_ray.verifier.records import (
     reported_traceback,
     user_exception,
 )
+from bft_ray.verifier.trust_state import agree, blocked, function_key
 
 __all__ = ["CallSpec", "TrustedVerifier", "admin_capability"]
 
@@ -202,6 +204,10 @@ class TrustedVerifier:
         self.group: list[Any] | None = None
         self.group_keys: list[bytes] = []
         self.certify_timeout_s = 120.0
+        # BFT mode: the committed standing's blocked executors (quarantined or banned) as last
+        # vouched for by f + 1 verifiers, and the committed round it holds after. Assignment
+        # follows it; this actor never quarantines on its own in BFT mode.
+        self._committed_view: tuple[int, tuple[tuple[str, str], ...]] = (-1, ())
         # Function keys each executor has confirmed holding (it answered a call carrying it).
         self._functions_held: dict[str, set[str]] = {}
         self.counters = {
@@ -272,6 +278,44 @@ class TrustedVerifier:
         self.group = list(handles)
         self.group_keys = list(keys)
         self.certify_timeout_s = timeout_s
+        await self._adopt_group_standing()
+
+    async def _adopt_group_standing(self) -> None:
+        """Take the blocked executors from the standing f + 1 verifiers hold (a group whose
+        ledgers were kept from an earlier run has banned or quarantined some already)."""
+        assert self.group is not None
+
+        async def ask(h: Any) -> Any:
+            try:
+                return await asyncio.wait_for(_as_future(h.standing.remote()), 30)
+            except Exception as exc:
+                return f"{type(exc).__name__}: {exc}"
+
+        answers = await asyncio.gather(*(ask(h) for h in self.group))
+        try:
+            agreed = agree(dict(enumerate(answers)), len(self.group_keys))
+        except BftRayError as exc:
+            logger.warning("no committed standing to start from: %s", exc)
+            return
+        self._adopt_view(agreed.committed_round, blocked(agreed.standing))
+
+    def _adopt_view(self, committed_round: int, stops: tuple[tuple[str, str], ...]) -> None:
+        """Follow a committed standing vouched for by f + 1 verifiers (if newer than the last).
+
+        Acted on at once: calls dispatched from now on skip its quarantined and banned
+        executors; replicas already running are not recalled (their verdicts still count).
+        """
+        if committed_round <= self._committed_view[0]:
+            return
+        before = {eid for eid, _ in self._committed_view[1]}
+        now = {eid for eid, _ in stops}
+        self._committed_view = (committed_round, tuple(stops))
+        for eid, status in stops:
+            if self.pool.is_alive(eid):
+                logger.warning("executor %s is %s in the committed standing", eid, status)
+            self.pool.quarantine(eid)
+        for eid in before - now:
+            self.pool.readmit(eid)
 
     async def executor_keys(self) -> dict[str, bytes]:
         return dict(self.pool.keys)
@@ -792,7 +836,11 @@ class TrustedVerifier:
     # -- trust and cost (bft_ray.trust) --------------------------------------------------
 
     async def trust_report(self) -> dict[str, Any]:
-        """Credit accounts, standing and earned trust per executor, and the tainted results."""
+        """Credit accounts, standing and earned trust per executor, and the tainted results.
+
+        This actor's own bookkeeping. In BFT mode ``BftCluster.trust_report`` does not use it:
+        it reads the committed standing from the verifier group (``f + 1`` in agreement).
+        """
         self._save_now()
         return {
             "prices": self.standing.prices.model_dump(),
@@ -819,12 +867,76 @@ class TrustedVerifier:
         ]
 
     async def reinstate(self, capability: bytes, executor_id: str) -> str:
-        """Operator: put a quarantined, banned or suspect executor back in service."""
+        """Operator: put a quarantined, banned or suspect executor back in service.
+
+        BFT mode: a committed operator record (:meth:`_operate_bft`).
+        """
+        if self.group is not None:
+            return await self._operate_bft(capability, executor_id, "reinstate")
         return self._operate(capability, executor_id, self.standing.reinstate, self.pool.readmit)
 
     async def ban(self, capability: bytes, executor_id: str) -> str:
-        """Operator: no more work and no canaries for this executor until reinstated."""
+        """Operator: no more work and no canaries for this executor until reinstated.
+
+        BFT mode: a committed operator record (:meth:`_operate_bft`).
+        """
+        if self.group is not None:
+            return await self._operate_bft(capability, executor_id, "ban")
         return self._operate(capability, executor_id, self.standing.ban, self.pool.quarantine)
+
+    async def _operate_bft(self, capability: bytes, executor_id: str, action: str) -> str:
+        """BFT mode: sign an operator record, have the group commit it, follow the result.
+
+        Returns the executor's status in the committed standing once ``f + 1`` verifiers
+        report the same standing after the block that holds the record.
+
+        Raises:
+            VerificationError: If the group does not commit it within ``certify_timeout_s``.
+        """
+        self._authorise(capability)
+        if executor_id not in self.pool.by_id:
+            known = ", ".join(sorted(self.pool.by_id))
+            raise ConfigError(f"no executor {executor_id!r}; known executors: {known}")
+        assert self.group is not None
+        op = OperatorClaim(f"op-{os.urandom(12).hex()}", action, executor_id)
+        entry = op.sign(self._key).encode()
+        n = len(self.group_keys)
+        f = (n - 1) // 3
+
+        async def ask(i: int, h: Any) -> tuple[int, Any]:
+            try:
+                return i, await _as_future(h.submit_operator.remote(entry))
+            except Exception as exc:  # a crashed verifier: the others suffice
+                return i, f"a verifier failed: {type(exc).__name__}"
+
+        views: dict[tuple, set[int]] = {}
+        refusals: list[str] = []
+        pending = [ask(i, h) for i, h in enumerate(self.group)]
+        try:
+            for nxt in asyncio.as_completed(pending, timeout=self.certify_timeout_s):
+                i, ack = await nxt
+                if not isinstance(ack, dict) or not ack.get("ok"):
+                    refusals.append(str(ack.get("reason") if isinstance(ack, dict) else ack))
+                    if len(refusals) > n - (f + 1):
+                        break
+                    continue
+                try:
+                    stops = tuple((str(e), str(st)) for e, st in ack["blocked"])
+                    view = (int(ack["block_round"]), bytes(ack["block_id"]), stops)
+                except (KeyError, TypeError, ValueError):
+                    refusals.append(f"verifier {i}: malformed answer")
+                    continue
+                views.setdefault(view, set()).add(i)
+                if len(views[view]) >= f + 1:  # at least one honest verifier committed this
+                    self._adopt_view(view[0], stops)
+                    return dict(stops).get(executor_id, "active")
+        except asyncio.TimeoutError:
+            pass
+        raise VerificationError(
+            f"{action} {executor_id}: the verifier group did not commit the operator record "
+            f"({len(refusals)} of {n} refused or failed: {'; '.join(refusals[:4]) or 'none'}). "
+            "Check cluster.verifier_status()."
+        )
 
     def _operate(self, capability: bytes, executor_id: str, *actions: Callable) -> str:
         """An operator action on one executor: authorise, apply, persist; its new status."""
@@ -1071,6 +1183,8 @@ class TrustedVerifier:
         known = set(self.group_keys)
         bodies: dict[tuple[int, bytes], Any] = {}
         signed: dict[tuple[int, bytes], dict[bytes, bytes]] = {}
+        # The standing each verifier holds after the block: adopted once f + 1 report the same.
+        views: dict[tuple, set[bytes]] = {}
         refusals = []
         record = decision.record
         assert record is not None
@@ -1091,6 +1205,7 @@ class TrustedVerifier:
                 where = (ack.get("block_round"), ack.get("block_id"))
                 if pub not in known or not isinstance(sig, bytes) or not isinstance(where[0], int):
                     continue
+                self._note_view(views, where, ack, pub, f)
                 if claim.step == "fail":
                     stmt = fail_statement(claim.task_id, where[0], where[1])
                     if verify_signature(pub, stmt, sig):
@@ -1124,6 +1239,17 @@ class TrustedVerifier:
             f"{rep.call.name} ({claim.task_id}): the verifier group did not certify the verdict: "
             f"{why}: {'; '.join(refusals[:4]) or 'no answer'}. Check cluster.verifier_status()."
         )
+
+    def _note_view(self, views: dict, where: tuple, ack: dict, pub: bytes, f: int) -> None:
+        """Count one verifier's standing after ``where``; adopt it once f + 1 report it."""
+        try:
+            stops = tuple((str(e), str(st)) for e, st in ack.get("blocked", ()))
+        except (TypeError, ValueError):
+            return
+        view = (where, ack.get("standing_digest"), stops)
+        views.setdefault(view, set()).add(pub)
+        if len(views[view]) == f + 1:
+            self._adopt_view(where[0], stops)
 
     def _register(self, eid: str) -> None:
         info = self.pool.infos.get(eid)
@@ -1352,6 +1478,8 @@ class TrustedVerifier:
                 )
 
     def _maybe_quarantine(self, eid: str) -> None:
+        if self.group is not None:
+            return  # BFT mode: the committed standing quarantines (see _adopt_view)
         if not self.pool.is_alive(eid):
             return
         if self.quarantine.should_quarantine(self.reputation.get(eid), len(self.pool.live())):
@@ -1419,7 +1547,7 @@ class _Replication:
         # Earned trust is per function: its module, name and code digest.
         meta = call.meta
         self.fn = (
-            f"{meta.function.module}:{meta.function.qualname}:{meta.function.code_digest[:16]}"
+            function_key((meta.function.module, meta.function.qualname, meta.function.code_digest))
             if meta is not None
             else call.name
         )

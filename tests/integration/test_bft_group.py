@@ -65,11 +65,11 @@ def run_one_by_one(count: int, offset: int = 0):
 
 def honest_digests(cluster, skip=()):
     st = [s for s in cluster.verifier_status() if s["index"] not in skip and "error" not in s]
-    return {s["reputation_digest"] for s in st}, st
+    return {(s["reputation_digest"], s["standing_digest"]) for s in st}, st
 
 
 def wait_settled(cluster, skip=(), timeout=30.0):
-    """Until every listed verifier has applied the same reputation (commits propagate)."""
+    """Until every listed verifier has applied the same reputation and standing."""
     deadline = time.monotonic() + timeout
     while True:
         digests, st = honest_digests(cluster, skip)
@@ -158,6 +158,52 @@ def test_wrong_outputs_are_never_certified_with_a_byzantine_verifier(cluster, vf
     assert rows.get("ex3", {}).get("disagreed", 0) >= 1  # flagged from committed records
 
 
+def test_committed_standing_penalises_the_liar_and_a_ban_is_committed(cluster, vfault):
+    """Trust state from committed verdicts, vouched for by f + 1 verifiers; bans are committed."""
+    vfault(1, "bad_verdict")  # a Byzantine verifier: the committed standing must not care
+    cluster.inject_fault(3, "zeros")
+    try:
+        refs = [affine.remote(np.ones(8) * (i + 1), 0) for i in range(6)]
+        bft_ray.get(refs, timeout=180)
+    finally:
+        cluster.inject_fault(3, "honest")
+    trust = cluster.trust_report()
+    assert trust["mode"] == "bft" and trust["f"] == 1
+    assert len(trust["agreed_by"]) >= 2 and set(trust["agreed_by"]) <= {0, 1, 2, 3}
+    accts = {a["executor"]: a for a in trust["executors"]}
+    ex3 = accts["ex3"]
+    assert ex3["proven_wrong"] >= 1 and ex3["penalties"] == 10.0 * ex3["proven_wrong"]
+    for eid in ("ex0", "ex1", "ex2"):  # honest executors are never penalised
+        assert accts[eid]["proven_wrong"] == 0 and accts[eid]["penalties"] == 0.0, accts[eid]
+        assert accts[eid]["credited"] > 0
+    rows = {r["executor"]: r for r in cluster.report().executors}
+    assert rows["ex3"]["credit"] == round(ex3["balance"], 6)
+    # A committed operator record: every verifier applies it; the dispatcher follows.
+    assert cluster.ban("ex1") == "banned"
+    before = cluster.trust_report()
+    credited = {a["executor"]: a["credited"] for a in before["executors"]}
+    tasks = cluster.report().row("ex1")["tasks"]
+    run_one_by_one(4, offset=30)
+    after = {a["executor"]: a for a in cluster.trust_report()["executors"]}
+    assert after["ex1"]["status"] == "banned" and after["ex1"]["credited"] == credited["ex1"]
+    assert cluster.report().row("ex1")["tasks"] == tasks  # no more work
+    # The others did the work: at least the quorum (2) of each call was credited (a replica
+    # still running at the verdict is not in the committed claim, so earns no credit here).
+    assert 8 <= sum(after[e]["credited"] - credited[e] for e in ("ex0", "ex2", "ex3")) <= 12
+    assert cluster.reinstate("ex1") == "active"
+    digests, _ = wait_settled(cluster, skip=(1,))
+    assert len(digests) == 1, "honest verifiers' standing diverged"
+
+
+def test_spot_checks_are_refused_in_bft_mode_for_lack_of_a_shared_coin(cluster):
+    @bft_ray.verified_remote(replicas=3, num_gpus=1, policy=bft_ray.spot_check(0.1))
+    def lone(x):
+        return x
+
+    with pytest.raises(bft_ray.ConfigError, match="shared random coin"):
+        lone.remote(1.0)
+
+
 def test_ledgers_pass_the_audit_and_a_tampered_copy_fails(cluster, tmp_path):
     run_one_by_one(2, offset=40)
     time.sleep(1.0)  # let the trailing commits reach every ledger
@@ -214,7 +260,7 @@ def test_a_verifier_that_crashes_restarts_recovers_and_never_votes_twice(cluster
     assert len(voted) > 3 and voted == sorted(voted)
     reports = audit_dir(os.path.dirname(st["ledger"]), verifier_keys=cluster.verifier_keys())
     assert len(reports) == 4 and all(r.ok for r in reports), [r.line() for r in reports]
-    # It rebuilt its reputation from the ledger: the same state as everyone else's.
+    # It rebuilt its reputation and standing from the ledger: the same state as everyone's.
     run_one_by_one(1, offset=70)
     digests, _ = wait_settled(cluster)
     assert len(digests) == 1

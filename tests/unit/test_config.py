@@ -61,6 +61,8 @@ def test_bad_tolerance_is_rejected(kwargs, match):
         (dict(verifiers=4, verifier_faults={4: "silent"}), r"verifier indices \[4\]"),
         (dict(verifiers=4, verifier_faults={0: "lazy"}), "unknown verifier behaviour 'lazy'"),
         (dict(verifier_faults={0: "silent"}), "verifier_faults need a BFT group"),
+        (dict(verifiers=4, trust_path="t.json"), "derived from the verifiers' committed ledgers"),
+        (dict(verifiers=4, canary_rate=0.1), "canary_rate runs in the trusted mode"),
         (dict(gpus_per_executor=-1), "gpus_per_executor"),
         (dict(executor_options={"max_restarts": 3}), "managed by bft-ray"),
         (dict(executor_options={"not_an_option": 3}), "invalid executor_options"),
