@@ -90,6 +90,21 @@ def cost(model, new=128, n=8, repeats=3):
     }
 
 
+def linear_bf16_penalty(rows=(8, 64, 1088), repeats=20):
+    """bf16 over fp32 time of one linear layer: why bf16 prefill is dear on a CPU without bf16."""
+    out = {}
+    for m in rows:
+        t = {}
+        for dt in (torch.float32, torch.bfloat16):
+            x, w = torch.randn(m, 128, dtype=dt), torch.randn(512, 128, dtype=dt)
+            torch.nn.functional.linear(x, w)
+            t[dt] = best_of(
+                lambda x=x, w=w: [torch.nn.functional.linear(x, w) for _ in range(repeats)]
+            )
+        out[m] = t[torch.bfloat16] / t[torch.float32]
+    return out
+
+
 def detection(model, tol, seeds, lengths):
     import test_attacks as A  # the attacks exactly as the tests build them
 
@@ -201,18 +216,26 @@ def main() -> None:
         "bfloat16": TinyLMFactory(CFG.model_copy(update={"dtype": "bfloat16"}), 0)(),
     }
     big = TinyLMFactory(TinyConfig(vocab=256, d_model=128, n_layers=4, n_heads=4, max_seq=320))()
+    big_bf16 = TinyLMFactory(
+        TinyConfig(vocab=256, d_model=128, n_layers=4, n_heads=4, max_seq=320, dtype="bfloat16")
+    )()
     bigger = TinyLMFactory(TinyConfig(vocab=512, d_model=256, n_layers=4, n_heads=8, max_seq=320))()
     print("cost of verify-by-prefill vs generation, 128 new tokens, 8 prompts:")
     out["cost"] = {}
     generate(models["float32"], prompts(0, n=8), 16)  # warm-up (first-call allocations)
     for name, m in [("d64_l2_fp32", models["float32"]), ("d128_l4_fp32", big),
-                    ("d256_l4_v512_fp32", bigger), ("d64_l2_bf16", models["bfloat16"])]:  # fmt: skip
+                    ("d256_l4_v512_fp32", bigger), ("d64_l2_bf16", models["bfloat16"]),
+                    ("d128_l4_bf16", big_bf16)]:  # fmt: skip
         c = cost(m)
         out["cost"][name] = c
         print(f"  {name:<13} generation {c['generation_s'] * 1e3:7.1f} ms  check "
               f"{c['check_s'] * 1e3:6.1f} ms  check/generation {c['check_over_generation']:.3f}  "
               f"(replication r=2: 1.0, r=3: 2.0)  commitment "
               f"{c['commitment_bytes_per_32_tokens']:.0f} B / 32 tokens")  # fmt: skip
+    out["bf16_linear_over_fp32"] = linear_bf16_penalty()
+    print("  bf16 / fp32 time of one linear layer (128 -> 512) on this CPU, by rows: "
+          + ", ".join(f"{m} rows {r:.1f}x" for m, r in out["bf16_linear_over_fp32"].items())
+          + "  (a prefill pass multiplies many rows at once, a decoding step few)")  # fmt: skip
     seeds = list(range(args.seeds))
     print(f"\ndetection over {len(seeds)} seeds (fp32):")
     out["detection_fp32"] = detection(models["float32"], PrefillTolerance(), seeds, [4, 8, 32])
