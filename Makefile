@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 # A crash in native code prints the Python stacks of every thread.
 export PYTHONFAULTHANDLER ?= 1
 
-.PHONY: setup demo sdc-check test test-full bench bench-overhead bench-compare bench-consensus bench-robust bench-throughput bench-bft bench-trust bench-inference bench-robust-trainer profile-verified lint format clean
+.PHONY: setup demo sdc-check test test-full bench bench-overhead bench-compare bench-consensus bench-robust bench-throughput bench-bft bench-trust bench-checker bench-inference bench-robust-trainer profile-verified lint format clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,9 @@ bench-bft: $(STAMP)
 
 bench-trust: $(STAMP)
 	$(BIN)/python benchmarks/bench_trust.py
+
+bench-checker: $(STAMP)
+	$(BIN)/python benchmarks/bench_checker.py
 
 bench-inference: $(STAMP)
 	$(BIN)/python benchmarks/bench_inference.py

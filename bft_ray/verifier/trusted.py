@@ -68,6 +68,7 @@ from bft_ray.metrics import (
     VerifierMetrics,
     cluster_of_actor,
 )
+from bft_ray.trust.cost import CostBook
 from bft_ray.trust.draw import AuditDraw
 from bft_ray.trust.plans import SpotCheck
 from bft_ray.trust.reputation import QuarantinePolicy, Reputation
@@ -227,6 +228,7 @@ class TrustedVerifier:
         # Trust and cost (bft_ray.trust): earned trust per executor x function, credit, taint,
         # drift, and the secret audit coin of spot checks. Persisted to trust_path if given.
         self.trust_path: str | None = getattr(spec, "trust_path", None)
+        self.cost = CostBook()  # executions per call, checkers at their measured price
         self.standing = Standing(
             Prices(**(getattr(spec, "prices", None) or {})),
             readmit_after=getattr(spec, "readmit_after", 5),
@@ -850,6 +852,7 @@ class TrustedVerifier:
             ],
             "tainted": await self.tainted(),
             "counters": dict(self.counters),
+            "cost": self.cost.rows(),
         }
 
     async def tainted(self) -> list[dict[str, Any]]:
@@ -1555,6 +1558,8 @@ class _Replication:
         self.cooldown = int(getattr(plan, "cooldown", 50))
         self.alone = False  # the accepted result came from one executor without an audit
         self.counted = False
+        checker = getattr(plan, "checker", None)
+        self.declared_checker_price = plan.checker_cost if checker is not None else None
         self._checker_eid = ""
         self.rerun: tuple | None = None  # (fn key, args, kwargs): for canaries and taint
 
@@ -1718,6 +1723,7 @@ class _Replication:
             ref = exc
         sent = self.v._send(slot, ref)
         answer = await self.v._receive(slot, spec, sent, self.policy.timeout_s)
+        self.v.cost.check(self.call.name, _ran_for(sent))
         if not answer.comparable:
             self.v._lost(answer, self.call.task_id)
             return None
@@ -1747,6 +1753,7 @@ class _Replication:
 
     async def _collect(self, slot: Slot, spec: TaskSpec, sent: _Sent) -> Outcome:
         out = await self.v._receive(slot, spec, sent, self.policy.timeout_s)
+        self.v.cost.execution(self.call.name, _ran_for(sent))
         self.pending.pop(slot.info.executor_id, None)
         if self.on_outcome is not None:
             self.on_outcome(out)
@@ -1771,6 +1778,7 @@ class _Replication:
     def _count_call(self) -> None:
         if not self.counted:
             self.counted = True
+            self.v.cost.call(self.call.name, self.declared_checker_price)
             self.v.counters["calls"] += 1
             self.v.metrics.count(CALLS_VERIFIED, self.call.name)
 
@@ -2109,6 +2117,17 @@ class _Item:
     fn_key: str
     args: list
     kwargs: dict
+
+
+def _ran_for(sent: _Sent) -> float | None:
+    """Seconds one item of ``sent`` ran on the verifier's clock (lane head to answer), or None.
+
+    A batch starts and answers as a whole, so each of its items is charged an equal share.
+    """
+    started = sent.started
+    if not started.done() or started.cancelled() or started.exception() is not None:
+        return None
+    return max(time.monotonic() - started.result(), 0.0) / max(sent.items, 1)
 
 
 def _copy_into(target: asyncio.Future) -> Callable[[asyncio.Future], None]:

@@ -96,7 +96,18 @@ def test_checker_audits_refuse_a_wrong_product_and_the_majority_flags_it():
         cheater = cluster.report().by_index(1)[0]["executor"]
         assert acct[cheater]["proven_wrong"] >= 1
         assert all(a["proven_wrong"] == 0 for e, a in acct.items() if e != cheater)
-        assert cluster.report().counters["audits"] >= 1
+        counters = cluster.report().counters
+        assert counters["audits"] >= 1
+        # The cost book: every call counted, checker runs priced by what the verifier timed.
+        ((name, cost),) = cluster.trust_report()["cost"].items()
+        assert name.endswith("matmul")
+        assert cost["calls"] == 24 and cost["checker_runs"] == counters["audits"]
+        assert cost["executions"] >= 24  # each call ran the function at least once
+        assert cost["declared_checker_price"] == 0.1
+        assert cost["checker_price_source"] == "measured" and cost["checker_price"] > 0
+        assert cost["executions_per_call"] == pytest.approx(
+            (cost["executions"] + cost["checker_runs"] * cost["checker_price"]) / cost["calls"]
+        )
 
 
 def test_quarantine_probation_and_readmission_after_correct_canaries():
