@@ -126,8 +126,10 @@ class SpotCheck(_Model):
         checker: Optional cheaper audit: ``checker(value, *args, **kwargs)`` returns True when
             ``value`` is a correct result of the call. It runs on a different executor than
             the one that produced ``value``; an audit that fails escalates to replication.
-        checker_cost: Price of one checker run in executions of the function (measure it; the
-            cost model counts audits at this price).
+        checker_cost: Declared price of one checker run, in executions of the function. The
+            verifier's cost book (``trust_report()["cost"]``) counts checker runs at this
+            price only until it has timed both the checker and the function, then at the
+            measured price (:mod:`bft_ray.trust.cost`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
