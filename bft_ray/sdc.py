@@ -1549,7 +1549,7 @@ def _outcome_to_result(outcome: Any) -> Canonical | _Failure:
         record = error_record(outcome.canonical) if outcome.canonical is not None else None
         what = f"{record[0]}: {record[1]}" if record else outcome.reason
         return _Failure("error", f"kernel raised {what}"[:300])
-    if outcome.status is Status.INVALID:
+    if outcome.status in (Status.INVALID, Status.MISATTRIBUTED):  # its own ref: a replay
         return _Failure("invalid", outcome.reason[:300])
     return _Failure("error", f"{outcome.status.value}: {outcome.reason}"[:300])
 

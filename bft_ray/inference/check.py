@@ -230,7 +230,6 @@ def _check_row(
 ) -> list[tuple[str, str]]:
     """Every check on one prompt; returns ``(check, reason)`` for each that failed."""
     fails: list[tuple[str, str]] = []
-    new = gen.tokens.shape[1]
     ln = logits.numpy()
     toks = gen.tokens[i]
     margins = token_margins(ln, toks, sampling, stream=i)

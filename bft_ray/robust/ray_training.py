@@ -85,7 +85,7 @@ from bft_ray.robust.training import (
     server_step,
     steps_per_epoch,
 )
-from bft_ray.verifier.admission import Expected, Outcome, Status, admit
+from bft_ray.verifier.admission import Expected, Outcome, Status, admit, own_object
 
 __all__ = [
     "AGGREGATION_TOLERANCE",
@@ -180,7 +180,7 @@ def admit_answer(entry: dict[str, Any], spec: TaskSpec, ref: Any) -> Outcome:
         raw: Any = ray.get(ref)
     except Exception as exc:
         raw = no_answer(exc)
-    return admit(raw, expected)
+    return own_object(admit(raw, expected))  # submitted here: a misattributed answer is a replay
 
 
 def robust_attack(attack: str | Attack = "alie") -> AttackBehaviour:

@@ -11,7 +11,8 @@ code) only when every check passes, in this order:
    the deserialisation guard refused);
 2. the envelope parses strictly;
 3. it names exactly the expected task, attempt, executor and slot, and carries the executor's
-   registered public key;
+   registered public key (an answer the executor signed for another task or attempt is
+   ``MISATTRIBUTED``, not ``INVALID``: see :class:`Status`);
 4. the payload parses strictly as canonical wire bytes (an error record must have the error
    record's shape);
 5. the executor's signature verifies over the digest of the payload actually received.
@@ -26,6 +27,10 @@ Example:
     >>> admit(raw, exp).status
     <Status.OK: 'ok'>
     >>> admit(raw, Expected("t2", 0, "ex0", "slot0", key.public_bytes)).status
+    <Status.MISATTRIBUTED: 'misattributed'>
+    >>> own_object(admit(raw, Expected("t2", 0, "ex0", "slot0", key.public_bytes))).status
+    <Status.INVALID: 'invalid'>
+    >>> admit(raw, Expected("t1", 0, "ex0", "slot0", SigningKey.generate().public_bytes)).status
     <Status.INVALID: 'invalid'>
 """
 
@@ -40,7 +45,16 @@ from bft_ray.compare.wire import WireFormatError, decode_canonical
 from bft_ray.executor.attestation import Attestation
 from bft_ray.executor.envelope import ERROR, EnvelopeError, parse
 
-__all__ = ["Expected", "NoAnswer", "Outcome", "Status", "admit", "error_record", "failed"]
+__all__ = [
+    "Expected",
+    "NoAnswer",
+    "Outcome",
+    "Status",
+    "admit",
+    "error_record",
+    "failed",
+    "own_object",
+]
 
 
 class Status(enum.Enum):
@@ -50,7 +64,13 @@ class Status(enum.Enum):
     ERROR = "error"  # a signed record that user code raised; compared like a value
     CRASHED = "crashed"  # no answer: the actor or its object died
     TIMEOUT = "timeout"  # no answer within the replica's time limit
-    INVALID = "invalid"  # an answer that failed admission (malformed, misattributed, unsigned)
+    INVALID = "invalid"  # an answer that failed admission (malformed, wrong executor, unsigned)
+    # A well-formed answer, signed with the expected executor's registered key, for another task
+    # or attempt. In BFT mode the dispatcher names the object a replica answered in, so such an
+    # object is no evidence against the executor for *this* call: it is neither compared nor
+    # flagged (the call runs another replica). The trusted verifier, which submitted the call
+    # and holds the object itself, treats it as INVALID (a replay).
+    MISATTRIBUTED = "misattributed"
 
     @property
     def comparable(self) -> bool:
@@ -153,11 +173,16 @@ def admit(raw: Any, expected: Expected) -> Outcome:
     claimed = (env.task_id, env.attempt, env.executor_id, env.slot)
     wanted = (expected.task_id, expected.attempt, expected.executor_id, expected.slot)
     if claimed != wanted:
-        return failed(
-            expected,
-            Status.INVALID,
-            f"answer names task/attempt/executor/slot {claimed}, expected {wanted}",
-        )
+        reason = f"answer names task/attempt/executor/slot {claimed}, expected {wanted}"
+        if (
+            claimed[2:] == wanted[2:]
+            and expected.public_key is not None
+            and env.public_key == expected.public_key
+            and env.attestation().verify(expected_key=expected.public_key)
+        ):
+            # The executor's own signed answer, to another call: see Status.MISATTRIBUTED.
+            return failed(expected, Status.MISATTRIBUTED, reason)
+        return failed(expected, Status.INVALID, reason)
     if expected.public_key is None or env.public_key != expected.public_key:
         return failed(expected, Status.INVALID, "answer is not signed with the registered key")
     att = env.attestation()
@@ -184,6 +209,21 @@ def admit(raw: Any, expected: Expected) -> Outcome:
         attestation=att,
         note=env.note,
         reason="user code raised" if status is Status.ERROR else "",
+    )
+
+
+def own_object(outcome: Outcome) -> Outcome:
+    """``outcome`` as judged by whoever submitted the call and read the answer from its own ref.
+
+    Such a reader knows the object belongs to this call, so an answer the executor signed for
+    another task or attempt inside it is the executor's replay: ``MISATTRIBUTED`` becomes
+    ``INVALID`` (flagged). Only a reader that got the object id from someone else (a BFT
+    verifier reading the dispatcher's claim) must keep ``MISATTRIBUTED``.
+    """
+    if outcome.status is not Status.MISATTRIBUTED:
+        return outcome
+    return dataclasses.replace(
+        outcome, status=Status.INVALID, reason=f"replayed answer: {outcome.reason}"
     )
 
 

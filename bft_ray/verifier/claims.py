@@ -59,7 +59,7 @@ _OPERATOR_TAG = "operator"  # first field of a signed operator entry (a signed c
 OPERATOR_ACTIONS = ("ban", "reinstate")
 STATES = ("answered", "failed", "running")
 STEPS = ("accept", "fail")
-FAILURES = ("crashed", "timeout", "invalid")
+FAILURES = ("crashed", "timeout", "invalid", "misattributed")
 _MAX_REPLICAS = 256
 _MAX_ENTRIES = 10_000
 

@@ -116,6 +116,8 @@ _FAILURE_LABEL = {
     Status.CRASHED: Label.CRASHED,
     Status.TIMEOUT: Label.TIMEOUT,
     Status.INVALID: Label.INVALID,
+    # Not proven wrong for this call (see Status.MISATTRIBUTED): not flagged, not credited.
+    Status.MISATTRIBUTED: Label.UNALIGNED,
 }
 
 

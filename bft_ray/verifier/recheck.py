@@ -39,7 +39,12 @@ from bft_ray.verifier.decision import CallState, Judgement, Label, Step, Verdict
 
 __all__ = ["Recheck", "Verdict", "judged", "recheck", "record_of"]
 
-_FAILURE_STATUS = {"crashed": Status.CRASHED, "timeout": Status.TIMEOUT, "invalid": Status.INVALID}
+_FAILURE_STATUS = {
+    "crashed": Status.CRASHED,
+    "timeout": Status.TIMEOUT,
+    "invalid": Status.INVALID,
+    "misattributed": Status.MISATTRIBUTED,
+}
 
 
 class Verdict(enum.Enum):
@@ -149,9 +154,14 @@ def _recheck(claim: VerdictClaim, answers: Mapping[str, Any]) -> Recheck:
                     f"{r.executor_id}'s signed answer for this task is attributed to another "
                     "attempt, executor or slot by the claim"
                 )
-            if r.failure != "invalid":
-                return _invalid(f"claims {r.executor_id} {r.failure}, but it answered (invalid)")
-            state.feed(out)  # the executor's own signed but inadmissible answer: evidence kept
+            if r.failure != out.status.value:
+                return _invalid(
+                    f"claims {r.executor_id} {r.failure}, but it answered ({out.status.value})"
+                )
+            # The executor's own signed but inadmissible answer: evidence kept. One it signed
+            # for another call is MISATTRIBUTED, which flags no one: the object is named by
+            # the dispatcher, so it may be an old answer pointed at, not a replay.
+            state.feed(out)
             continue
         state.feed(failed(expected, _FAILURE_STATUS[r.failure], r.reason))
     decision = state.decide(spare=0)

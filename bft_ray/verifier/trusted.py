@@ -74,7 +74,15 @@ from bft_ray.trust.plans import SpotCheck
 from bft_ray.trust.reputation import QuarantinePolicy, Reputation
 from bft_ray.trust.standing import Prices, Standing
 from bft_ray.trust.standing import Status as TrustStatus
-from bft_ray.verifier.admission import Expected, NoAnswer, Outcome, Status, admit, failed
+from bft_ray.verifier.admission import (
+    Expected,
+    NoAnswer,
+    Outcome,
+    Status,
+    admit,
+    failed,
+    own_object,
+)
 from bft_ray.verifier.certificate import Certificate, VerifierSignature
 from bft_ray.verifier.claims import FAILURES, OperatorClaim, ReplicaClaim, VerdictClaim
 from bft_ray.verifier.decision import CallState, Decision, Judgement, Label, Step, VerdictRecord
@@ -1398,7 +1406,11 @@ class TrustedVerifier:
             raw = NoAnswer(Status.TIMEOUT, f"no answer within {limit:g}s of starting{what}")
         except BaseException as exc:
             raw = no_answer(exc)
-        return admit(raw, expected)
+        out = admit(raw, expected)
+        # Alone, this verifier submitted the call and holds its object: a misattributed answer
+        # in it is a replay. In BFT mode it must judge as the verifiers, who only have its word
+        # for which object is this call's (Status.MISATTRIBUTED).
+        return own_object(out) if self.group is None else out
 
     def _watch(self, slot: Slot, sent: _Sent, timeout: float, what: str) -> None:
         """Judge fire-and-forget work (a replayed call) only by whether it stalls."""

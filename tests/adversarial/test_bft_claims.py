@@ -55,7 +55,7 @@ TIEBREAK = b"k" * 32
 POLICY = Policy(replicas=3)  # quorum 2
 GOOD = [1.0, 2.0, 3.0]
 WRONG = [1.0, 2.0, 666.0]
-_FAIL = {"crashed": Status.CRASHED, "timeout": Status.TIMEOUT, "invalid": Status.INVALID}
+_FAIL = {s.value: s for s in (Status.CRASHED, Status.TIMEOUT, Status.INVALID, Status.MISATTRIBUTED)}
 
 
 # -- builders -----------------------------------------------------------------------------------
@@ -311,7 +311,7 @@ _INVENTED = {
     "timeout, no object named": (("failed", "timeout", 0, ""), "honest", False),
     "timeout, object withheld": (("failed", "timeout", 0, "o2"), None, False),
     "invalid, attempt misnamed": (("failed", "invalid", 5, "o2"), "honest", False),
-    "invalid, another task's object": (("failed", "invalid", 0, "o2"), "other task", True),
+    "invalid, another task's object": (("failed", "invalid", 0, "o2"), "other task", False),
     "answered, attempt misnamed": (("answered", "", 5, "o2"), "honest", False),
 }
 _INVENTED_REASONS = {
@@ -321,10 +321,6 @@ _INVENTED_REASONS = {
     "dispatcher did not pass its ref) is accepted as a timeout",
     "invalid, attempt misnamed": "the claim's attempt number is the dispatcher's: misnaming it "
     "makes the honest signed answer 'misattributed', and an INVALID flag is accepted",
-    "invalid, another task's object": "the object id is the dispatcher's: pointing it at the "
-    "executor's signed answer to another task makes an INVALID flag acceptable (a verifier "
-    "cannot tell this from an executor replaying an old answer; binding the object to the "
-    "call needs dispatch by the group)",
     "answered, attempt misnamed": "an 'answered' replica whose bytes do not admit is fed as "
     "INVALID instead of refusing the claim, so the dispatcher flags it at will",
 }
@@ -359,7 +355,13 @@ def test_an_honest_answer_is_never_turned_into_a_failure(variant):
         ReplicaClaim("ex2", "s2", attempt, obj, state, failure, reason),
     ]
     claim = seal(draft(replicas, {e: KEYS[e] for e in ("ex0", "ex1", "ex2")}), answers)
-    assert claim.step == "accept" and flagged(claim) == {"ex2"}  # the lie: honest ex2 flagged
+    # The lie: honest ex2 flagged. Misnaming an answered replica's attempt now yields at most
+    # "unaligned" (its signed answer is MISATTRIBUTED), so that lie flags no one even before
+    # the recheck refuses it.
+    lie = flagged(claim)
+    assert claim.step == "accept" and (
+        lie == {"ex2"} or (variant == "answered, attempt misnamed" and lie == set())
+    )
     r = recheck(claim, answers)
     assert not r.ok, f"recheck accepted the invented failure of ex2 ({variant})"
     expected_reason = {
@@ -367,6 +369,9 @@ def test_an_honest_answer_is_never_turned_into_a_failure(variant):
         "timeout, object withheld": "was not handed over",
         "invalid, attempt misnamed": "attributed to another attempt",
         "answered, attempt misnamed": "is not admissible",
+        # Fixed: the executor's signed answer to another call is MISATTRIBUTED, which flags no
+        # one, so the claim's INVALID flag does not replay.
+        "invalid, another task's object": "but it answered (misattributed)",
     }.get(variant, _ANSWER_THERE)
     if not _INVENTED[variant][2]:
         assert expected_reason in r.reason, r.reason
@@ -696,3 +701,27 @@ def test_a_replaying_leader_never_makes_honest_verifiers_diverge_or_count_twice(
         for i in net.honest()
     }
     assert len(ledgers) == 1, "honest ledgers diverged"
+
+
+def test_another_calls_signed_answer_flags_no_one_and_the_honest_claim_rechecks():
+    """The defence against the old hole, from the honest side: a replica whose object holds the
+    executor's signed answer to another task is judged MISATTRIBUTED -> unaligned (no flag, no
+    credit) by dispatcher and verifiers alike, so a liar gains one forced re-execution at most."""
+    answers_by = honest3()
+    answers = {f"o{i}": raw for i, raw in enumerate(answers_by.values())}
+    answers["o2"] = envelope(KEYS["ex2"], "ex2", "s2", GOOD, task="another-task")
+    exp = Expected("t1", 0, "ex2", "s2", KEYS["ex2"].public_bytes)
+    out = admit(answers["o2"], exp)
+    assert out.status is Status.MISATTRIBUTED and not out.comparable
+    replicas = [
+        ReplicaClaim("ex0", "s0", 0, "o0", "answered"),
+        ReplicaClaim("ex1", "s1", 0, "o1", "answered"),
+        ReplicaClaim("ex2", "s2", 0, "o2", "failed", "misattributed", out.reason),
+    ]
+    claim = seal(draft(replicas, {e: KEYS[e] for e in ("ex0", "ex1", "ex2")}), answers)
+    assert claim.step == "accept" and flagged(claim) == set()
+    assert {j.executor_id: j.label for j in claim.judgements}["ex2"] == "unaligned"
+    assert recheck(claim, answers).ok
+    # Signed by someone else (or naming another executor) is still INVALID: not the executor's.
+    forged = envelope(BAD, "ex2", "s2", GOOD, task="another-task")
+    assert admit(forged, exp).status is Status.INVALID

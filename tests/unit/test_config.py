@@ -10,6 +10,17 @@ import bft_ray
 from bft_ray.config import ClusterSpec, Policy, validated
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_running():
+    """These tests check that bad input fails *before* Ray starts, so none may run already
+    (an earlier module may have left the session's shared Ray up; the next one restarts it)."""
+    import ray
+
+    bft_ray.shutdown()
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.mark.parametrize(
     "options, match",
     [

@@ -62,3 +62,24 @@ def test_track_yields_every_item_and_counts_unknown_lengths():
     console, out = _console(terminal=False)
     assert sum(track([1, 2, 3], "list", console=console)) == 6
     assert "list: 3/3" in out.getvalue()
+
+
+def test_a_bar_without_its_refresh_thread_still_draws_every_advance(monkeypatch):
+    import threading
+
+    console, out = _console(terminal=True)
+    before = threading.active_count()
+    with progress_bar("quiet", total=3, console=console, auto_refresh=False) as bar:
+        assert threading.active_count() == before  # no refresh thread
+        for _ in range(3):
+            bar.advance(status="step")
+    assert "3/3" in out.getvalue() and "step" in out.getvalue()
+
+
+def test_prints_stay_on_a_redirected_stdout_while_a_live_bar_is_up(capsys):
+    console, out = _console(terminal=True)
+    with progress_bar("work", total=1, console=console) as bar:
+        print("a result line")
+        bar.advance()
+    assert "a result line" in capsys.readouterr().out
+    assert "a result line" not in out.getvalue()

@@ -20,7 +20,7 @@ from bft_ray.config import Policy, Tolerance
 from bft_ray.crypto import SigningKey
 from bft_ray.executor import envelope
 from bft_ray.executor.actor import error_payload
-from bft_ray.verifier.admission import Expected, NoAnswer, Outcome, Status, admit
+from bft_ray.verifier.admission import Expected, NoAnswer, Outcome, Status, admit, own_object
 from bft_ray.verifier.decision import CallState, Label, Step, choose_clique, max_cliques
 
 KEYS = [SigningKey.generate() for _ in range(8)]
@@ -65,9 +65,21 @@ def test_admits_a_signed_answer_and_keeps_its_attestation():
     ],
 )
 def test_refuses_answers_that_are_not_what_they_claim(raw, expected, reason):
-    out = admit(raw, expected)
+    out = own_object(admit(raw, expected))  # as the verifier that submitted the call reads it
     assert out.status is Status.INVALID and reason in out.reason
     assert out.canonical is None
+
+
+def test_an_executors_own_answer_to_another_call_is_misattributed_not_invalid():
+    # Named by someone else's word (a BFT claim), it is no evidence against the executor.
+    for raw in (_answer(0, 1.0, task="other"), _answer(0, 1.0, attempt=1)):
+        out = admit(raw, _expected(0))
+        assert out.status is Status.MISATTRIBUTED and not out.comparable
+        assert out.canonical is None and "names task" in out.reason
+        replay = own_object(out)
+        assert replay.status is Status.INVALID and replay.reason.startswith("replayed answer")
+    # Another executor's answer presented as this one's is not its own: INVALID either way.
+    assert admit(_answer(0, 1.0), _expected(1)).status is Status.INVALID
 
 
 def test_a_crash_is_not_an_answer():
