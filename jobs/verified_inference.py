@@ -30,6 +30,7 @@ import sys
 import time
 
 import numpy as np
+from rich.console import Console
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         generate,
     )
     from bft_ray.inference.faults import ServeSubstitute
+    from bft_ray.progress import progress_bar
+
+    # A live bar on a terminal only when stdout is one too: a live bar sends what is printed
+    # to stdout meanwhile (the line per call) to its own console, out of a redirected stdout.
+    console = None if sys.stdout.isatty() else Console(stderr=True, force_terminal=False)
 
     factory = TinyLMFactory(TinyConfig(vocab=256, d_model=64, n_layers=2, n_heads=4), seed=0)
     init_kw: dict = {"executors": args.executors, "gpus_per_executor": 0, "quarantine_below": 0.0}
@@ -73,17 +79,19 @@ def main(argv: list[str] | None = None) -> int:
         lm = VerifiedLM(factory, replicas=args.replicas)  # policy="replicate" (see docs)
         rng = np.random.default_rng(0)
         t_verified = 0.0
-        for call in range(args.calls):
-            prompts = [rng.integers(0, 256, 8).tolist() for _ in range(args.prompts)]
-            sampling = Sampling(temperature=args.temperature, seed=call)
-            t0 = time.perf_counter()
-            gen = lm.generate(prompts, args.tokens, sampling, timeout=300)
-            t_verified += time.perf_counter() - t0
-            honest = generate(factory(), prompts, args.tokens, sampling)
-            same = bool(np.array_equal(gen.tokens, honest.tokens))
-            ok &= same
-            print(f"call {call}: {args.prompts} prompts x {args.tokens} tokens accepted; "
-                  f"equals the honest generation: {same}")  # fmt: skip
+        with progress_bar("verified generations", args.calls, console=console) as bar:
+            for call in range(args.calls):
+                prompts = [rng.integers(0, 256, 8).tolist() for _ in range(args.prompts)]
+                sampling = Sampling(temperature=args.temperature, seed=call)
+                t0 = time.perf_counter()
+                gen = lm.generate(prompts, args.tokens, sampling, timeout=300)
+                t_verified += time.perf_counter() - t0
+                honest = generate(factory(), prompts, args.tokens, sampling)
+                same = bool(np.array_equal(gen.tokens, honest.tokens))
+                ok &= same
+                print(f"call {call}: {args.prompts} prompts x {args.tokens} tokens accepted; "
+                      f"equals the honest generation: {same}")  # fmt: skip
+                bar.advance(status=f"call {call}: {'equals' if same else 'DIFFERS from'} honest")
         # Cost: one local generation, and a verify-by-prefill check of the same output.
         t0 = time.perf_counter()
         g = generate(factory(), prompts, args.tokens, sampling, commit_k=128)
