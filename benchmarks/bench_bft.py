@@ -54,9 +54,11 @@ from typing import Any
 
 import psutil
 import ray
+from rich.console import Console
 
 import bft_ray
 from bft_ray.crypto import SigningKey
+from bft_ray.progress import Bar, progress_bar
 from bft_ray.verifier.group import NAMESPACE, BftVerifier, GroupSetup, actor_name
 
 RESULTS = Path(__file__).parent / "results"
@@ -70,6 +72,9 @@ CONSENSUS_TARGET = 0.6  # BFT rounds/s over the raw Ray ceiling, >=
 LATENCY_TARGET = 1.25  # BFT / plain median latency, one call at a time, <=
 INFLIGHT_TARGET = 1.10  # plain / BFT throughput and BFT / plain latency, 12 in flight, <=
 TRUSTED_TARGET = 0.4  # BFT / trusted throughput of trivial calls, >=
+# Progress as plain lines on stderr, also on a terminal: a live bar redraws from a thread of
+# the driver, which in the cluster sessions is also the dispatcher of the calls measured.
+PROGRESS = Console(stderr=True, force_terminal=False)
 
 
 def inc(x):
@@ -316,7 +321,9 @@ def kill_all(handles: list) -> None:
             pass
 
 
-def measure_consensus(ns: list[int], rounds: int, warm_s: float, window_s: float) -> dict:
+def measure_consensus(
+    ns: list[int], rounds: int, warm_s: float, window_s: float, progress: Bar | None = None
+) -> dict:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-bft-consensus-") as ledger_root:
         for n in ns:
@@ -352,6 +359,8 @@ def measure_consensus(ns: list[int], rounds: int, warm_s: float, window_s: float
                         + ")",
                         flush=True,
                     )
+                    if progress is not None:
+                        progress.advance(status=f"n={n} round {r} {side}")  # between windows
                     time.sleep(0.5)  # let the killed workers exit before the next window
             b = statistics.median(x["rounds_per_s"] for x in rows["bft"])
             w = statistics.median(x["rounds_per_s"] for x in rows["raw"])
@@ -878,7 +887,11 @@ def main() -> None:
     try:
         print(f"1. consensus alone: n = {consensus_ns}, {args.window:g} s windows", flush=True)
         t = time.perf_counter()
-        consensus = measure_consensus(consensus_ns, args.consensus_rounds, warm_s, args.window)
+        windows = 2 * len(consensus_ns) * args.consensus_rounds
+        with progress_bar("consensus windows", windows, console=PROGRESS) as bar:
+            consensus = measure_consensus(
+                consensus_ns, args.consensus_rounds, warm_s, args.window, progress=bar
+            )
         consensus_s = time.perf_counter() - t
         actors = [PlainExecutor.remote() for _ in range(PLAIN_ACTORS)]
         ray.get([a.nap.remote(0) for a in actors], timeout=120)
@@ -889,7 +902,12 @@ def main() -> None:
         )
         t = time.perf_counter()
         modes = ["trusted", "bft4", "bft7"]
-        with tempfile.TemporaryDirectory(prefix="bench-bft-ledgers-") as ledger_root:
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-bft-ledgers-") as ledger_root,
+            progress_bar(
+                "cluster sessions", len(modes) * args.session_rounds, console=PROGRESS
+            ) as bar,
+        ):
             for r in range(args.session_rounds):
                 order = modes[r % 3 :] + modes[: r % 3]
                 for mode in order:
@@ -900,6 +918,7 @@ def main() -> None:
                         flush=True,
                     )
                     sessions.append(s)
+                    bar.advance(status=f"{mode} session {r}")
         sessions_s = time.perf_counter() - t
     finally:
         bft_ray.shutdown()

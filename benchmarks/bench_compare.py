@@ -32,15 +32,20 @@ from pathlib import Path
 import blake3
 import numpy as np
 import torch
+from rich.console import Console
 
 from bft_ray.compare import canonicalize, compare, decode, decode_canonical, digest, encode
 from bft_ray.compare.digest import PARALLEL_BYTES, digest_wire
 from bft_ray.config import Tolerance
+from bft_ray.progress import Bar, progress_bar
 
 RESULTS = Path(__file__).parent / "results"
 SIZES_MB = [1, 4, 16, 64]
 REPEATS = 7
 WIRE_MB = 64
+# Progress as plain lines on stderr, also on a terminal: a live bar redraws from a thread of
+# this process, which would compete with the timed digests and comparisons.
+PROGRESS = Console(stderr=True, force_terminal=False)
 
 
 def best_of(fn, repeats: int = REPEATS) -> float:
@@ -65,7 +70,9 @@ def interleaved(fns: dict, reps: int) -> dict:
     return times
 
 
-def bench_digest_compare(sizes: list[int], reps_small: int, reps: int) -> list[dict]:
+def bench_digest_compare(
+    sizes: list[int], reps_small: int, reps: int, progress: Bar | None = None
+) -> list[dict]:
     rng = np.random.default_rng(0)
     tol = Tolerance(rtol=1e-5, atol=1e-8)
     rows = []
@@ -127,10 +134,12 @@ def bench_digest_compare(sizes: list[int], reps_small: int, reps: int) -> list[d
                 f"{row['allclose_gbps']:>13.2f} {row['compare_speedup']:>6.2f}x "
                 f"{row['compare_raw_speedup']:>5.2f}x"
             )
+            if progress is not None:
+                progress.advance(status=f"{mb} MB {row['dtype']}")
     return rows
 
 
-def bench_wire(reps: int) -> list[dict]:
+def bench_wire(reps: int, progress: Bar | None = None) -> list[dict]:
     n = WIRE_MB * 2**20 // 4
     arr = np.random.default_rng(1).standard_normal(n).astype(np.float32)
     rows = []
@@ -172,6 +181,8 @@ def bench_wire(reps: int) -> list[dict]:
             f"{row['decode_canonical_vs_loads']:>5.0f}x {row['decode_vs_loads']:>5.1f}x | "
             f"{row['roundtrip_vs_pickle']:.2f}x"
         )
+        if progress is not None:
+            progress.advance(status=f"wire {kind}")
     return rows
 
 
@@ -181,8 +192,9 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [1, 16] if args.quick else SIZES_MB
     reps_small, reps = (9, 3) if args.quick else (25, REPEATS)
-    rows = bench_digest_compare(sizes, reps_small, reps)
-    wire_rows = bench_wire(3 if args.quick else 5)
+    with progress_bar("compare cases", 2 * len(sizes) + 2, console=PROGRESS) as bar:
+        rows = bench_digest_compare(sizes, reps_small, reps, progress=bar)
+        wire_rows = bench_wire(3 if args.quick else 5, progress=bar)
     worst_digest = min(r["digest_ratio"] for r in rows)
     worst_speedup = min(r["compare_speedup"] for r in rows)
     print(f"\nworst digest/raw-blake3 ratio (same bytes): {worst_digest:.2f} (target >= 0.90)")

@@ -24,14 +24,19 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from rich.console import Console
 
+from bft_ray.progress import Bar, progress_bar
 from bft_ray.sim import NetworkConfig, SimConfig, Simulation
 from bft_ray.sim.twins import TwinsGenerator, run_scenario
 
 OUT = Path(__file__).resolve().parent / "results"
+# Progress as plain lines on stderr, also on a terminal: a live bar redraws from a thread of
+# this process, whose CPU time (process_time, all threads) is what part 3 measures.
+PROGRESS = Console(stderr=True, force_terminal=False)
 
 
-def bench_twins(count: int = 3000) -> dict[str, float]:
+def bench_twins(count: int = 3000, progress: Bar | None = None) -> dict[str, float]:
     scenarios = list(TwinsGenerator(rounds=7).sample(count, seed=2024))
     steps = ticks = 0
     t0, c0 = time.perf_counter(), time.process_time()
@@ -40,6 +45,8 @@ def bench_twins(count: int = 3000) -> dict[str, float]:
         assert res.ok, res.violations
         steps += res.steps
         ticks += res.tick_calls
+        if progress is not None:
+            progress.advance()  # well under 1 us against about 2 ms per scenario
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {
         "scenarios": count,
@@ -51,7 +58,7 @@ def bench_twins(count: int = 3000) -> dict[str, float]:
     }
 
 
-def bench_sim(seeds: int = 5, ticks: int = 2000) -> dict[str, float]:
+def bench_sim(seeds: int = 5, ticks: int = 2000, progress: Bar | None = None) -> dict[str, float]:
     steps = calls = blocks = 0
     t0 = time.perf_counter()
     for seed in range(seeds):
@@ -67,6 +74,8 @@ def bench_sim(seeds: int = 5, ticks: int = 2000) -> dict[str, float]:
         steps += res.steps
         calls += res.steps + res.tick_calls
         blocks += min(res.commit_heights.values())
+        if progress is not None:
+            progress.advance()
     wall = time.perf_counter() - t0
     return {
         "runs": seeds,
@@ -114,28 +123,32 @@ def main() -> int:
         "processor": platform.processor(),
     }
     print("Twins throughput (stand-in crypto, 1 process) ...", flush=True)
-    results["twins"] = tw = bench_twins()
+    with progress_bar("twins scenarios", 3000, console=PROGRESS) as bar:
+        results["twins"] = tw = bench_twins(3000, progress=bar)
     print(
         f"  {tw['scenarios_per_s']:.0f} scenarios/s, {tw['steps_per_s']:.0f} steps/s, "
         f"{tw['steps_and_ticks_per_s']:.0f} steps+ticks/s"
     )
     print("Simulator throughput (lossy network, stand-in crypto) ...", flush=True)
-    results["sim"] = sm = bench_sim()
+    with progress_bar("lossy-network simulations", 5, console=PROGRESS) as bar:
+        results["sim"] = sm = bench_sim(5, progress=bar)
     print(
         f"  {sm['steps_per_s']:.0f} steps/s, {sm['steps_and_ticks_per_s']:.0f} steps+ticks/s, "
         f"{sm['committed_blocks_per_s']:.0f} committed blocks/s"
     )
     print("CPU per committed block (fault-free, all replicas in one process) ...", flush=True)
     cost = []
-    for n in (4, 7):
-        for crypto in ("sim", "ed25519"):
-            r = bench_block_cost(n, crypto, blocks=400 if crypto == "sim" else 300)
-            cost.append(r)
-            print(
-                f"  n={n} {crypto:8s}: {r['cpu_ms_per_block_all_replicas']:.2f} ms/block "
-                f"({r['cpu_ms_per_block_per_replica']:.3f} ms per replica), "
-                f"{r['signature_checks_per_block']:.1f} signature checks/block"
-            )
+    with progress_bar("block-cost runs", 4, console=PROGRESS) as bar:
+        for n in (4, 7):
+            for crypto in ("sim", "ed25519"):
+                r = bench_block_cost(n, crypto, blocks=400 if crypto == "sim" else 300)
+                cost.append(r)
+                print(
+                    f"  n={n} {crypto:8s}: {r['cpu_ms_per_block_all_replicas']:.2f} ms/block "
+                    f"({r['cpu_ms_per_block_per_replica']:.3f} ms per replica), "
+                    f"{r['signature_checks_per_block']:.1f} signature checks/block"
+                )
+                bar.advance(status=f"n={n} {crypto}")
     results["block_cost"] = cost
     for n in (4, 7):
         s = next(c for c in cost if c["n"] == n and c["crypto"] == "sim")

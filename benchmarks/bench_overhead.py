@@ -29,11 +29,16 @@ from pathlib import Path
 
 import numpy as np
 import ray
+from rich.console import Console
 
 import bft_ray
+from bft_ray.progress import progress_bar
 
 RESULTS = Path(__file__).parent / "results"
 OUTPUT_ELEMS = 16 * 1024  # 64 KiB of float32
+# Progress as plain lines on stderr, also on a terminal: a live bar redraws from a thread of
+# the driver, which would compete with the driver's side of the calls being timed.
+PROGRESS = Console(stderr=True, force_terminal=False)
 
 
 def work(x: np.ndarray, seconds: float) -> np.ndarray:
@@ -55,53 +60,63 @@ def plain_call(actors, i, x, seconds):
     return [a.run.remote(x, seconds) for a in picks]
 
 
+def _rounds(rounds, seconds):
+    """(latency rounds, throughput batches) per side for a task of ``seconds``."""
+    n_rounds = min(max(3, int(rounds * 0.05 / max(seconds, 0.005))), rounds)
+    return n_rounds, max(2, n_rounds // 4)
+
+
 def measure(actors, durations, rounds, batch):
     rows = []
     x = np.linspace(0, 1, OUTPUT_ELEMS, dtype=np.float32)
-    for seconds in durations:
-        lat_plain, lat_ver, thr_plain, thr_ver = [], [], [], []
-        n_rounds = max(3, int(rounds * 0.05 / max(seconds, 0.005)))
-        n_rounds = min(n_rounds, rounds)
-        for r in range(n_rounds):
-            # latency: one call at a time, alternating which side goes first
-            order = ("plain", "verified") if r % 2 == 0 else ("verified", "plain")
-            for side in order:
-                t = time.perf_counter()
-                if side == "plain":
-                    ray.get(plain_call(actors, r, x, seconds))
-                    lat_plain.append(time.perf_counter() - t)
-                else:
-                    bft_ray.get(verified_work.remote(x, seconds))
-                    lat_ver.append(time.perf_counter() - t)
-        n_batches = max(2, n_rounds // 4)
-        for r in range(n_batches):
-            order = ("plain", "verified") if r % 2 == 0 else ("verified", "plain")
-            for side in order:
-                t = time.perf_counter()
-                if side == "plain":
-                    refs = [ref for i in range(batch) for ref in plain_call(actors, i, x, seconds)]
-                    ray.get(refs)
-                    thr_plain.append(time.perf_counter() - t)
-                else:
-                    bft_ray.get([verified_work.remote(x, seconds) for _ in range(batch)])
-                    thr_ver.append(time.perf_counter() - t)
-        row = {
-            "task_ms": seconds * 1e3,
-            "latency_plain_ms": statistics.median(lat_plain) * 1e3,
-            "latency_verified_ms": statistics.median(lat_ver) * 1e3,
-            "batch": batch,
-            "batch_plain_s": statistics.median(thr_plain),
-            "batch_verified_s": statistics.median(thr_ver),
-            "rounds": n_rounds,
-        }
-        row["latency_ratio"] = row["latency_verified_ms"] / row["latency_plain_ms"]
-        row["throughput_ratio"] = row["batch_verified_s"] / row["batch_plain_s"]
-        rows.append(row)
-        print(
-            f"{row['task_ms']:>6.0f} ms task | latency plain {row['latency_plain_ms']:8.1f} ms  verified "
-            f"{row['latency_verified_ms']:8.1f} ms  ratio {row['latency_ratio']:.3f} | batch of {batch}: plain "
-            f"{row['batch_plain_s']:.3f} s  verified {row['batch_verified_s']:.3f} s  ratio {row['throughput_ratio']:.3f}"
-        )
+    total = sum(sum(_rounds(rounds, seconds)) for seconds in durations)
+    with progress_bar("overhead rounds", total, console=PROGRESS) as bar:
+        for seconds in durations:
+            lat_plain, lat_ver, thr_plain, thr_ver = [], [], [], []
+            n_rounds, n_batches = _rounds(rounds, seconds)
+            for r in range(n_rounds):
+                # latency: one call at a time, alternating which side goes first
+                order = ("plain", "verified") if r % 2 == 0 else ("verified", "plain")
+                for side in order:
+                    t = time.perf_counter()
+                    if side == "plain":
+                        ray.get(plain_call(actors, r, x, seconds))
+                        lat_plain.append(time.perf_counter() - t)
+                    else:
+                        bft_ray.get(verified_work.remote(x, seconds))
+                        lat_ver.append(time.perf_counter() - t)
+                bar.advance(status=f"{seconds * 1e3:.0f} ms latency")  # between rounds
+            for r in range(n_batches):
+                order = ("plain", "verified") if r % 2 == 0 else ("verified", "plain")
+                for side in order:
+                    t = time.perf_counter()
+                    if side == "plain":
+                        refs = [
+                            ref for i in range(batch) for ref in plain_call(actors, i, x, seconds)
+                        ]
+                        ray.get(refs)
+                        thr_plain.append(time.perf_counter() - t)
+                    else:
+                        bft_ray.get([verified_work.remote(x, seconds) for _ in range(batch)])
+                        thr_ver.append(time.perf_counter() - t)
+                bar.advance(status=f"{seconds * 1e3:.0f} ms batches")
+            row = {
+                "task_ms": seconds * 1e3,
+                "latency_plain_ms": statistics.median(lat_plain) * 1e3,
+                "latency_verified_ms": statistics.median(lat_ver) * 1e3,
+                "batch": batch,
+                "batch_plain_s": statistics.median(thr_plain),
+                "batch_verified_s": statistics.median(thr_ver),
+                "rounds": n_rounds,
+            }
+            row["latency_ratio"] = row["latency_verified_ms"] / row["latency_plain_ms"]
+            row["throughput_ratio"] = row["batch_verified_s"] / row["batch_plain_s"]
+            rows.append(row)
+            print(
+                f"{row['task_ms']:>6.0f} ms task | latency plain {row['latency_plain_ms']:8.1f} ms  verified "
+                f"{row['latency_verified_ms']:8.1f} ms  ratio {row['latency_ratio']:.3f} | batch of {batch}: plain "
+                f"{row['batch_plain_s']:.3f} s  verified {row['batch_verified_s']:.3f} s  ratio {row['throughput_ratio']:.3f}"
+            )
     return rows
 
 

@@ -24,8 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# Progress as plain lines on stderr, also on a terminal: a live bar redraws from a thread of
+# this process, which would compete with the timed training steps (seconds, ms per step).
+PROGRESS = Console(stderr=True, force_terminal=False)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 KAPPA_RULES = [
     "mean",
@@ -47,10 +52,11 @@ KAPPA_RULES = [
 
 
 def kappa_section(quick: bool) -> list[dict[str, Any]]:
+    from bft_ray.progress import track
     from bft_ray.robust.kappa import empirical_kappa
 
     rows = []
-    for rule in KAPPA_RULES[:3] if quick else KAPPA_RULES:
+    for rule in track(KAPPA_RULES[:3] if quick else KAPPA_RULES, "kappa rules", console=PROGRESS):
         start = time.perf_counter()
         r = empirical_kappa(rule, 15, 3, trials=1 if quick else 3, iterations=30 if quick else 400)
         rows.append({**r.to_dict(), "seconds": round(time.perf_counter() - start, 2)})
@@ -73,25 +79,29 @@ def _fit(task: Any, rule: str, steps: int, workers: int, f: int, attack: str, **
 
 
 def user_models_section(quick: bool) -> list[dict[str, Any]]:
+    from bft_ray.progress import progress_bar
     from bft_ray.robust.tasks import image_task, lm_task
 
     rows = []
     cases = [("cnn", image_task(), 60), ("lm", lm_task(), 60)]
-    for name, task, steps in cases:
-        for rule in ["nnm+cc(tau=0.1)", "nnm+trimmed_mean", "mean"]:
-            result, wall = _fit(task, rule, 10 if quick else steps, 12, 3, "ipm(epsilon=10)")
-            final = result.history[-1]
-            rows.append(
-                {
-                    "task": name,
-                    "rule": rule,
-                    "steps": result.steps,
-                    "final": final,
-                    "diverged": result.diverged,
-                    "seconds": round(wall, 2),
-                }
-            )
-            print(f"user model {name:4s} {rule:18s} {final} diverged={result.diverged}")
+    rules = ["nnm+cc(tau=0.1)", "nnm+trimmed_mean", "mean"]
+    with progress_bar("user-model runs", len(cases) * len(rules), console=PROGRESS) as bar:
+        for name, task, steps in cases:
+            for rule in rules:
+                result, wall = _fit(task, rule, 10 if quick else steps, 12, 3, "ipm(epsilon=10)")
+                final = result.history[-1]
+                rows.append(
+                    {
+                        "task": name,
+                        "rule": rule,
+                        "steps": result.steps,
+                        "final": final,
+                        "diverged": result.diverged,
+                        "seconds": round(wall, 2),
+                    }
+                )
+                print(f"user model {name:4s} {rule:18s} {final} diverged={result.diverged}")
+                bar.advance(status=f"{name} {rule}")  # between runs
     return rows
 
 
@@ -99,6 +109,7 @@ def overhead_section(quick: bool) -> dict[str, Any]:
     import numpy as np
 
     import bft_ray
+    from bft_ray.progress import progress_bar
     from bft_ray.robust.tasks import digits_task
     from bft_ray.robust.trainer import byzantine_faults
 
@@ -117,32 +128,36 @@ def overhead_section(quick: bool) -> dict[str, Any]:
         "rule": rule,
         "attack": attack,
     }
-    local, wall = _fit(task, rule, steps, workers, f, attack, backend="local")
-    out["local"] = {
-        "accuracy": local.history[-1]["accuracy"],
-        "wall_seconds": round(wall, 2),
-        "ms_per_step": round(1e3 * wall / steps, 2),
-        "compute_ms_per_step": round(1e3 * float(np.mean(local.compute_seconds)), 2),
-        "aggregate_ms_per_step": round(1e3 * float(np.mean(local.aggregate_seconds)), 2),
-    }
-    start = time.perf_counter()
-    cluster = bft_ray.init(
-        executors=workers,
-        faults=byzantine_faults(attack, workers, f),
-        gpus_per_executor=0,
-        num_cpus=workers + 2,
-    )
-    out["cluster_start_seconds"] = round(time.perf_counter() - start, 1)
-    try:
-        on_ray, wall = _fit(task, rule, steps, workers, f, attack, cluster=cluster)
-    finally:
-        cluster.shutdown()
-    out["ray"] = {
-        "accuracy": on_ray.history[-1]["accuracy"],
-        "wall_seconds_with_worker_start": round(wall, 2),
-        "compute_ms_per_step": round(1e3 * float(np.mean(on_ray.compute_seconds)), 2),
-        "aggregate_ms_per_step": round(1e3 * float(np.mean(on_ray.aggregate_seconds)), 2),
-    }
+    with progress_bar("overhead runs", 3, console=PROGRESS) as bar:
+        local, wall = _fit(task, rule, steps, workers, f, attack, backend="local")
+        out["local"] = {
+            "accuracy": local.history[-1]["accuracy"],
+            "wall_seconds": round(wall, 2),
+            "ms_per_step": round(1e3 * wall / steps, 2),
+            "compute_ms_per_step": round(1e3 * float(np.mean(local.compute_seconds)), 2),
+            "aggregate_ms_per_step": round(1e3 * float(np.mean(local.aggregate_seconds)), 2),
+        }
+        bar.advance(status="in-process run")
+        start = time.perf_counter()
+        cluster = bft_ray.init(
+            executors=workers,
+            faults=byzantine_faults(attack, workers, f),
+            gpus_per_executor=0,
+            num_cpus=workers + 2,
+        )
+        out["cluster_start_seconds"] = round(time.perf_counter() - start, 1)
+        bar.advance(status="Ray executors started")
+        try:
+            on_ray, wall = _fit(task, rule, steps, workers, f, attack, cluster=cluster)
+        finally:
+            cluster.shutdown()
+        bar.advance(status="run on Ray executors")
+        out["ray"] = {
+            "accuracy": on_ray.history[-1]["accuracy"],
+            "wall_seconds_with_worker_start": round(wall, 2),
+            "compute_ms_per_step": round(1e3 * float(np.mean(on_ray.compute_seconds)), 2),
+            "aggregate_ms_per_step": round(1e3 * float(np.mean(on_ray.aggregate_seconds)), 2),
+        }
     same = all(
         a == b
         for a, b in zip((h["loss"] for h in local.history), (h["loss"] for h in on_ray.history))

@@ -37,8 +37,10 @@ import time
 from pathlib import Path
 
 import ray
+from rich.console import Console
 
 import bft_ray
+from bft_ray.progress import progress_bar
 
 RESULTS = Path(__file__).parent / "results"
 EXECUTORS = 4
@@ -46,6 +48,9 @@ REPLICAS = 3
 LATENCY_TASK_S = 0.05
 LATENCY_TARGET = 1.05
 THROUGHPUT_TARGET = 0.5
+# Progress as plain lines on stderr, also on a terminal: a live bar redraws from a thread of
+# the driver, and the driver's CPU per call (process_time, all threads) is measured here.
+PROGRESS = Console(stderr=True, force_terminal=False)
 
 
 def inc(x):
@@ -139,20 +144,22 @@ def _burst_row(n, t0, t1, t2, c0, c1, c2, actor_calls) -> dict:
 
 def measure_throughput(actors: list, calls: int, rounds: int) -> dict:
     plain, verified = [], []
-    for r in range(rounds):
-        order = ("plain", "verified") if r % 2 == 0 else ("verified", "plain")
-        for side in order:
-            with Noise() as noise:
-                row = plain_burst(actors, calls) if side == "plain" else verified_burst(calls)
-            row["other_processes_cpu_s"] = noise.other_cpu_s
-            (plain if side == "plain" else verified).append(row)
-            print(
-                f"  round {r} {side:>8}: {row['calls_per_s']:8.1f} calls/s "
-                f"({row['wall_s']:.2f} s; submit {row['submit_wall_s']:.2f} s, driver CPU "
-                f"{row['driver_submit_cpu_us_per_call']:.0f} us/call to submit; other processes "
-                f"{row['other_processes_cpu_s']:.1f} CPU-s)",
-                flush=True,
-            )
+    with progress_bar("throughput bursts", 2 * rounds, console=PROGRESS) as bar:
+        for r in range(rounds):
+            order = ("plain", "verified") if r % 2 == 0 else ("verified", "plain")
+            for side in order:
+                with Noise() as noise:
+                    row = plain_burst(actors, calls) if side == "plain" else verified_burst(calls)
+                row["other_processes_cpu_s"] = noise.other_cpu_s
+                (plain if side == "plain" else verified).append(row)
+                print(
+                    f"  round {r} {side:>8}: {row['calls_per_s']:8.1f} calls/s "
+                    f"({row['wall_s']:.2f} s; submit {row['submit_wall_s']:.2f} s, driver CPU "
+                    f"{row['driver_submit_cpu_us_per_call']:.0f} us/call to submit; other processes "
+                    f"{row['other_processes_cpu_s']:.1f} CPU-s)",
+                    flush=True,
+                )
+                bar.advance(status=f"round {r} {side}")  # between bursts
     p = statistics.median(r["calls_per_s"] for r in plain)
     v = statistics.median(r["calls_per_s"] for r in verified)
     return {
@@ -170,20 +177,22 @@ def measure_throughput(actors: list, calls: int, rounds: int) -> dict:
 
 def measure_latency(actors: list, samples: int) -> dict:
     lat = {"plain_single": [], "plain_3_replicas": [], "verified": []}
-    for r in range(samples):
-        sides = list(lat)
-        sides = sides[r % 3 :] + sides[: r % 3]  # rotate which side goes first
-        for side in sides:
-            t = time.perf_counter()
-            if side == "plain_single":
-                value = ray.get(actors[r % len(actors)].nap.remote(r))
-            elif side == "plain_3_replicas":
-                refs = [actors[(r + k) % len(actors)].nap.remote(r) for k in range(REPLICAS)]
-                value = ray.get(refs)[0]
-            else:
-                value = bft_ray.get(verified_nap.remote(r), timeout=60)
-            lat[side].append(time.perf_counter() - t)
-            assert value == r + 1
+    with progress_bar("latency samples", samples, console=PROGRESS) as bar:
+        for r in range(samples):
+            sides = list(lat)
+            sides = sides[r % 3 :] + sides[: r % 3]  # rotate which side goes first
+            for side in sides:
+                t = time.perf_counter()
+                if side == "plain_single":
+                    value = ray.get(actors[r % len(actors)].nap.remote(r))
+                elif side == "plain_3_replicas":
+                    refs = [actors[(r + k) % len(actors)].nap.remote(r) for k in range(REPLICAS)]
+                    value = ray.get(refs)[0]
+                else:
+                    value = bft_ray.get(verified_nap.remote(r), timeout=60)
+                lat[side].append(time.perf_counter() - t)
+                assert value == r + 1
+            bar.advance()  # between samples
     med = {k: statistics.median(v) * 1e3 for k, v in lat.items()}
     out = {
         "task_ms": LATENCY_TASK_S * 1e3,

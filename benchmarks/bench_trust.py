@@ -61,6 +61,7 @@ from pathlib import Path
 
 import bft_ray
 from bft_ray.executor.placement import Candidate, rendezvous_order
+from bft_ray.progress import progress_bar
 from bft_ray.trust.draw import AuditDraw
 from bft_ray.trust.drift import DriftDetector
 from bft_ray.trust.plans import adaptive, detection_probability
@@ -474,9 +475,14 @@ def main() -> int:
     )
     results: list[dict] = []
     step = max(1, len(jobs) // 10)
-    with mp.get_context("fork").Pool(args.procs) as pool:
+    # The bar starts after the pool has forked its workers (a live bar runs a thread).
+    with (
+        mp.get_context("fork").Pool(args.procs) as pool,
+        progress_bar("simulated jobs", len(jobs)) as bar,
+    ):
         for i, r in enumerate(pool.imap_unordered(run_job, jobs, chunksize=1), 1):
             results.append(r)
+            bar.advance(status=r["part"])
             if i % step == 0 or i == len(jobs):
                 print(f"  {i}/{len(jobs)} done, {time.perf_counter() - started:.0f} s", flush=True)
     main_rows = {

@@ -56,11 +56,17 @@ from typing import Any
 
 import ray
 from ray import cloudpickle
+from rich.console import Console
 
 import bft_ray
+from bft_ray.progress import Bar, progress_bar
 
 EXECUTORS = 4
 REPLICAS = 3
+# Progress as plain lines on stderr, also on a terminal: a live bar redraws from a thread of
+# the driver, and the driver's CPU (all threads, from /proc) is part of what is measured.
+PROGRESS = Console(stderr=True, force_terminal=False)
+PURE_ROWS = 30  # rows pure_profile times: the bar's total (corrected at the end if it drifts)
 
 
 def inc(x):
@@ -93,9 +99,10 @@ def _time_us(fn: Callable[[], Any], n: int, repeats: int) -> float:
 class _Rows:
     """Timed rows of one process; a piece that cannot be built or timed becomes ``n/a``."""
 
-    def __init__(self, n: int, repeats: int) -> None:
+    def __init__(self, n: int, repeats: int, progress: Bar | None = None) -> None:
         self.n, self.repeats = n, repeats
         self.rows: list[dict[str, Any]] = []
+        self.progress = progress
 
     def add(self, name: str, fn: Callable[[], Any], times: int = 1, n: int | None = None) -> None:
         try:
@@ -103,9 +110,13 @@ class _Rows:
             self.rows.append({"name": name, "us": us})
         except Exception as exc:
             self.rows.append({"name": name, "us": None, "error": f"{type(exc).__name__}: {exc}"})
+        if self.progress is not None:
+            self.progress.advance(status=name.strip())  # after the row's timed loops
 
 
-def pure_profile(n: int, repeats: int) -> dict[str, list[dict[str, Any]]]:
+def pure_profile(
+    n: int, repeats: int, progress: Bar | None = None
+) -> dict[str, list[dict[str, Any]]]:
     from bft_ray import api
     from bft_ray.compare.digest import digest_wire
     from bft_ray.compare.wire import decode_canonical, encode
@@ -141,7 +152,7 @@ def pure_profile(n: int, repeats: int) -> dict[str, list[dict[str, Any]]]:
     fn_key = "f" * 56
 
     # driver: the body of VerifiedFunction.remote (as of this writing), step by step
-    d = _Rows(n, repeats)
+    d = _Rows(n, repeats, progress)
     a, kw = api._prepare_args((7,), {})
     tid = api._new_task_id("inc")
     digest = api._args_digest(a, kw)
@@ -167,7 +178,7 @@ def pure_profile(n: int, repeats: int) -> dict[str, list[dict[str, Any]]]:
     d.add("VerifiedRef construction", lambda: api.VerifiedRef(None, tid, "inc", None))
 
     # executors: one replica each, in process (no Ray)
-    e = _Rows(n, repeats)
+    e = _Rows(n, repeats, progress)
     specs = [TaskSpec(tid, 0, "inc") for _ in range(REPLICAS)]
     raws = [executors[i].run(caps[i], specs[i], fn_key, inc, 7) for i in range(REPLICAS)]
     ex, cap0, spec0 = executors[0], caps[0], specs[0]
@@ -185,7 +196,7 @@ def pure_profile(n: int, repeats: int) -> dict[str, list[dict[str, Any]]]:
     e.add("ExecutorActor.run total (in process)", lambda: ex.run(cap0, spec0, fn_key, None, 7))
 
     # verifier
-    v = _Rows(n, repeats)
+    v = _Rows(n, repeats, progress)
     v.add("unpickle CallSpec", lambda: pickle.loads(call_bytes))
     v.add("  of which: unpickle the pydantic Policy alone", lambda: pickle.loads(policy_bytes))
     v.add("CallState(...) incl. os.urandom(32)", lambda: CallState(tid, policy, os.urandom(32)))
@@ -250,6 +261,8 @@ def pure_profile(n: int, repeats: int) -> dict[str, list[dict[str, Any]]]:
     )
     wv_bytes = cloudpickle.dumps(accepted_result(record), protocol=5)
     d.add("(collect) unpickle WireValue -> decode", lambda: pickle.loads(wv_bytes))
+    if progress is not None:
+        progress.update(total=progress.completed)
     return {"driver": d.rows, "verifier": v.rows, "executor": e.rows}
 
 
@@ -662,104 +675,122 @@ def live_profile(calls: int, rate: int, pyspy_flags: list[str] | None) -> dict[s
         object_store_memory=256 * 1024**2,
         log_to_driver=False,
     )
+    steps = 6 if pyspy_flags is None else 7
     try:
-        cluster = bft_ray.init(executors=EXECUTORS, gpus_per_executor=0, cpus_per_executor=1)
-        actors = [PlainExecutor.remote() for _ in range(EXECUTORS)]
-        plain_pids = ray.get([a.pid.remote() for a in actors])
-        executor_pids = [s.info.pid for s in cluster._setup.slots]
-        info = ray._private.state.actors(cluster._verifier._actor_id.hex())
-        verifier_pid = int(info.get("Pid") or 0) if isinstance(info, dict) else 0
-        verifier_pid = verifier_pid or _named_descendants("TrustedVerifier")[0]
-        control = _named_descendants("raylet/raylet") + _named_descendants("gcs/gcs_server")
-        procs_v = {
-            "driver": [os.getpid()],
-            "verifier": [verifier_pid],
-            "executors (4, sum)": executor_pids,
-            "raylet + gcs": control,
-        }
-        procs_p = {
-            "driver": [os.getpid()],
-            "plain actors (4, sum)": plain_pids,
-            "raylet + gcs": control,
-        }
-        _plain_burst(actors, 100)
-        _verified_burst(100)  # warm-up: function shipped, code paths warm
-        out: dict[str, Any] = {"calls": calls, "pids": procs_v | {"plain actors": plain_pids}}
-        tasks0 = _executor_tasks(cluster)
-        out["verified_cpu"] = _cpu_table(procs_v, lambda: _verified_burst(calls), calls)
-        out["plain_cpu"] = _cpu_table(procs_p, lambda: _plain_burst(actors, calls), calls)
-        tasks1 = _executor_tasks(cluster)
-        out["replicas_run_per_call"] = (sum(tasks1.values()) - sum(tasks0.values())) / calls
-        t0 = time.process_time()
-        refs = [verified_inc.remote(i) for i in range(calls)]
-        out["driver_submit_cpu_us_per_call"] = (time.process_time() - t0) / calls * 1e6
-        bft_ray.get(refs, timeout=600)
-        t0 = time.process_time()
-        refs = [actors[(i + k) % EXECUTORS].inc.remote(i) for i in range(calls) for k in range(3)]
-        out["plain_driver_submit_cpu_us_per_call"] = (time.process_time() - t0) / calls * 1e6
-        ray.get(refs, timeout=600)
-        out["floors"], out["latency_50ms_median_ms"] = floors(actors, procs_p, calls, batch=50)
-        try:
-            h = next(e for e in cluster.executor_handles() if e["index"] == EXECUTORS - 1)
-            direct = {**h, "pid": executor_pids[EXECUTORS - 1]}
-        except Exception:  # steering API changed: measure the plain shapes only
-            direct = None
-        out["call_shapes"] = call_shapes(actors[0], plain_pids[0], calls, direct)
+        with progress_bar("live profile steps", steps, console=PROGRESS) as bar:
+            cluster = bft_ray.init(executors=EXECUTORS, gpus_per_executor=0, cpus_per_executor=1)
+            actors = [PlainExecutor.remote() for _ in range(EXECUTORS)]
+            plain_pids = ray.get([a.pid.remote() for a in actors])
+            executor_pids = [s.info.pid for s in cluster._setup.slots]
+            info = ray._private.state.actors(cluster._verifier._actor_id.hex())
+            verifier_pid = int(info.get("Pid") or 0) if isinstance(info, dict) else 0
+            verifier_pid = verifier_pid or _named_descendants("TrustedVerifier")[0]
+            control = _named_descendants("raylet/raylet") + _named_descendants("gcs/gcs_server")
+            procs_v = {
+                "driver": [os.getpid()],
+                "verifier": [verifier_pid],
+                "executors (4, sum)": executor_pids,
+                "raylet + gcs": control,
+            }
+            procs_p = {
+                "driver": [os.getpid()],
+                "plain actors (4, sum)": plain_pids,
+                "raylet + gcs": control,
+            }
+            _plain_burst(actors, 100)
+            _verified_burst(100)  # warm-up: function shipped, code paths warm
+            bar.advance(status="cluster started, warm-up")
+            out: dict[str, Any] = {"calls": calls, "pids": procs_v | {"plain actors": plain_pids}}
+            tasks0 = _executor_tasks(cluster)
+            out["verified_cpu"] = _cpu_table(procs_v, lambda: _verified_burst(calls), calls)
+            bar.advance(status="verified burst")
+            out["plain_cpu"] = _cpu_table(procs_p, lambda: _plain_burst(actors, calls), calls)
+            bar.advance(status="plain burst")
+            tasks1 = _executor_tasks(cluster)
+            out["replicas_run_per_call"] = (sum(tasks1.values()) - sum(tasks0.values())) / calls
+            t0 = time.process_time()
+            refs = [verified_inc.remote(i) for i in range(calls)]
+            out["driver_submit_cpu_us_per_call"] = (time.process_time() - t0) / calls * 1e6
+            bft_ray.get(refs, timeout=600)
+            t0 = time.process_time()
+            refs = [
+                actors[(i + k) % EXECUTORS].inc.remote(i) for i in range(calls) for k in range(3)
+            ]
+            out["plain_driver_submit_cpu_us_per_call"] = (time.process_time() - t0) / calls * 1e6
+            ray.get(refs, timeout=600)
+            bar.advance(status="driver submit cost")
+            out["floors"], out["latency_50ms_median_ms"] = floors(actors, procs_p, calls, batch=50)
+            bar.advance(status="relays and 50 ms latency")
+            try:
+                h = next(e for e in cluster.executor_handles() if e["index"] == EXECUTORS - 1)
+                direct = {**h, "pid": executor_pids[EXECUTORS - 1]}
+            except Exception:  # steering API changed: measure the plain shapes only
+                direct = None
+            out["call_shapes"] = call_shapes(actors[0], plain_pids[0], calls, direct)
+            bar.advance(status="call shapes")
 
-        if pyspy_flags is not None:
-            tmp = Path(tempfile.mkdtemp(prefix="bft-profile-"))
-            ex0 = cluster._setup.slots[0].info.executor_id
-            targets = {
-                "driver": (os.getpid(), DRIVER_RULES, DRIVER_PHASES),
-                "verifier": (verifier_pid, VERIFIER_RULES, None),
-                f"executor {ex0}": (executor_pids[0], EXECUTOR_RULES, None),
-            }
-            files = {name: tmp / f"{name.split()[0]}.txt" for name in targets}
-            spies = {
-                name: _pyspy(t[0], files[name], rate, pyspy_flags) for name, t in targets.items()
-            }
-            time.sleep(2.0)  # let py-spy attach
-            before = _executor_tasks(cluster)
-            t = time.perf_counter()
-            _verified_burst(calls)
-            wall = time.perf_counter() - t
-            for p in spies.values():
-                p.send_signal(signal.SIGINT)
-            for p in spies.values():
-                try:
-                    p.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            after = _executor_tasks(cluster)
-            served = {
-                "driver": calls,
-                "verifier": calls,
-                f"executor {ex0}": max(1, after[ex0] - before[ex0]),
-            }
-            cpu = out["verified_cpu"]["cpu_us_per_call"]
-            measured = {
-                "driver": cpu["driver"],
-                "verifier": cpu["verifier"],
-                f"executor {ex0}": cpu["executors (4, sum)"] / max(out["replicas_run_per_call"], 1),
-            }
-            procs = {}
-            for name, (_, rules, phases) in targets.items():
-                comps, leaves = _classify(files[name], rules, phases)
-                idle = comps.pop("idle", 0)
-                total = max(1, sum(comps.values()))
-                procs[name] = {
-                    "served_calls": served[name],
-                    "samples": total,
-                    "idle_samples_dropped": idle,
-                    "measured_cpu_us_per_call": measured[name],
-                    "components": {
-                        c: {"share": k / total, "est_us_per_call": k / total * measured[name]}
-                        for c, k in comps.most_common()
-                    },
-                    "top_leaf_frames_share": {c: k / total for c, k in leaves.most_common(12)},
+            if pyspy_flags is not None:
+                tmp = Path(tempfile.mkdtemp(prefix="bft-profile-"))
+                ex0 = cluster._setup.slots[0].info.executor_id
+                targets = {
+                    "driver": (os.getpid(), DRIVER_RULES, DRIVER_PHASES),
+                    "verifier": (verifier_pid, VERIFIER_RULES, None),
+                    f"executor {ex0}": (executor_pids[0], EXECUTOR_RULES, None),
                 }
-            out["pyspy"] = {"rate_hz": rate, "wall_s": wall, "dir": str(tmp), "processes": procs}
-        cluster.shutdown()
+                files = {name: tmp / f"{name.split()[0]}.txt" for name in targets}
+                spies = {
+                    name: _pyspy(t[0], files[name], rate, pyspy_flags)
+                    for name, t in targets.items()
+                }
+                time.sleep(2.0)  # let py-spy attach
+                before = _executor_tasks(cluster)
+                t = time.perf_counter()
+                _verified_burst(calls)
+                wall = time.perf_counter() - t
+                for p in spies.values():
+                    p.send_signal(signal.SIGINT)
+                for p in spies.values():
+                    try:
+                        p.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                after = _executor_tasks(cluster)
+                served = {
+                    "driver": calls,
+                    "verifier": calls,
+                    f"executor {ex0}": max(1, after[ex0] - before[ex0]),
+                }
+                cpu = out["verified_cpu"]["cpu_us_per_call"]
+                measured = {
+                    "driver": cpu["driver"],
+                    "verifier": cpu["verifier"],
+                    f"executor {ex0}": cpu["executors (4, sum)"]
+                    / max(out["replicas_run_per_call"], 1),
+                }
+                procs = {}
+                for name, (_, rules, phases) in targets.items():
+                    comps, leaves = _classify(files[name], rules, phases)
+                    idle = comps.pop("idle", 0)
+                    total = max(1, sum(comps.values()))
+                    procs[name] = {
+                        "served_calls": served[name],
+                        "samples": total,
+                        "idle_samples_dropped": idle,
+                        "measured_cpu_us_per_call": measured[name],
+                        "components": {
+                            c: {"share": k / total, "est_us_per_call": k / total * measured[name]}
+                            for c, k in comps.most_common()
+                        },
+                        "top_leaf_frames_share": {c: k / total for c, k in leaves.most_common(12)},
+                    }
+                out["pyspy"] = {
+                    "rate_hz": rate,
+                    "wall_s": wall,
+                    "dir": str(tmp),
+                    "processes": procs,
+                }
+                bar.advance(status="py-spy burst")
+            cluster.shutdown()
     finally:
         ray.shutdown()
     return out
@@ -859,7 +890,8 @@ def main() -> None:
     print(f"bft_ray from {result['bft_ray']}")
     if not args.live_only:
         try:
-            result["pure"] = pure_profile(args.loops, args.repeats)
+            with progress_bar("pure pieces", PURE_ROWS, console=PROGRESS) as bar:
+                result["pure"] = pure_profile(args.loops, args.repeats, progress=bar)
             print_pure(result["pure"])
         except Exception as exc:  # internals this part builds on changed: say so, go on
             import traceback
