@@ -125,11 +125,23 @@ def token_margins(
     Returns:
         ``n`` margins (float64); ``-inf`` for a token outside the vocabulary.
     """
-    lg = np.asarray(logits, dtype=np.float64)
-    n, vocab = lg.shape
+    raw = np.asarray(logits)
+    n, vocab = raw.shape
     toks = np.asarray(tokens, dtype=np.int64).reshape(n)
-    if not sampling.greedy:
-        lg = lg / sampling.temperature + gumbel_block(sampling.seed, stream, start, n, vocab)
     valid = (toks >= 0) & (toks < vocab)
-    picked = lg[np.arange(n), np.where(valid, toks, 0)]
-    return np.where(valid, picked - lg.max(axis=1), -np.inf)
+    out = np.empty(n, dtype=np.float64)
+    # Positions in slices of at most _MARGIN_VALUES scores, so a large vocabulary (an LLM's
+    # 128k) never needs the whole generation's noise in memory at once.
+    step = max(1, _MARGIN_VALUES // max(vocab, 1))
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        lg = raw[lo:hi].astype(np.float64)
+        if not sampling.greedy:
+            noise = gumbel_block(sampling.seed, stream, start + lo, hi - lo, vocab)
+            lg = lg / sampling.temperature + noise
+        picked = lg[np.arange(hi - lo), np.where(valid[lo:hi], toks[lo:hi], 0)]
+        out[lo:hi] = picked - lg.max(axis=1)
+    return np.where(valid, out, -np.inf)
+
+
+_MARGIN_VALUES = 1 << 22  # scores per slice in token_margins (32 MiB of float64)

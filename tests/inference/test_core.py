@@ -201,3 +201,24 @@ def test_calibration_separates_honest_from_substitutions(factory):
     tol = rep.prefill_tolerance()
     assert tol.commitment.max_mean_rel_err == rep.stats["mean_rel_err"].threshold
     assert "honest runs 4" in rep.table()
+
+
+def test_token_margins_are_the_same_in_slices_and_position_by_position(monkeypatch):
+    """The prefill check's batched replay equals the generator's one-position-at-a-time draws,
+    also when a large vocabulary makes it work in slices of positions."""
+    from bft_ray.inference import sampling as S
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((40, 300)).astype(np.float32)
+    tokens = rng.integers(-2, 302, 40)  # some outside the vocabulary
+    s = Sampling(temperature=0.7, seed=3)
+    whole = S.token_margins(logits, tokens, s, stream=2, start=5)
+    monkeypatch.setattr(S, "_MARGIN_VALUES", 600)  # two positions per slice
+    sliced = S.token_margins(logits, tokens, s, stream=2, start=5)
+    one = np.array([S.token_margin(logits[t], int(tokens[t]), s, 2, 5 + t) for t in range(40)])
+    assert np.array_equal(whole, sliced)
+    assert np.array_equal(np.isinf(whole), (tokens < 0) | (tokens >= 300))
+    finite = np.isfinite(whole)
+    np.testing.assert_allclose(whole[finite], one[finite], rtol=0, atol=1e-12)
+    picks = [S.sample_token(logits[t], s, 2, 5 + t) for t in range(40)]
+    assert all(S.token_margins(logits, picks, s, stream=2, start=5) == 0.0)
