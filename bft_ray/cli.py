@@ -244,7 +244,18 @@ def keys(address: str | None, name: str) -> None:
 )
 @click.option("--task-id", default=None, help="The certificate must be for this task.")
 @click.option("--value-digest", default=None, help="The certified digest must be this (hex).")
-def verify(cert_file: Path, keys_file: Path, task_id: str | None, value_digest: str | None) -> None:
+@click.option(
+    "--require-commit-proof",
+    is_flag=True,
+    help="A BFT certificate must carry the QCs proving its block committed (checked if present).",
+)
+def verify(
+    cert_file: Path,
+    keys_file: Path,
+    task_id: str | None,
+    value_digest: str | None,
+    require_commit_proof: bool,
+) -> None:
     """Check a certificate (JSON) offline against the verifiers' keys."""
     from bft_ray.errors import CertificateError
     from bft_ray.verifier.certificate import Certificate, verify_certificate
@@ -258,13 +269,21 @@ def verify(cert_file: Path, keys_file: Path, task_id: str | None, value_digest: 
             raise click.BadParameter("not hex", param_hint="--value-digest") from None
     try:
         cert = Certificate.from_json(cert_file.read_text())
-        verify_certificate(cert, keys_, task_id=task_id, value_digest=digest, raise_on_failure=True)
+        verify_certificate(
+            cert,
+            keys_,
+            task_id=task_id,
+            value_digest=digest,
+            raise_on_failure=True,
+            require_commit_proof=require_commit_proof,
+        )
     except (CertificateError, UnicodeDecodeError) as exc:
         click.echo(f"INVALID  {cert_file}: {exc}")
         click.get_current_context().exit(1)
     click.echo(
         f"VALID    {cert_file}: task {cert.task_id} ({cert.mode}), digest {cert.digest.hex()[:16]}, "
         f"{len(cert.agreeing)} agreeing executors, {len(cert.signatures)} verifier signatures"
+        + (", commit proven by QCs" if cert.commit_proof else "")
     )
 
 

@@ -180,11 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         cluster.verifier_keys(),
         executor_keys=cluster.executor_keys().values(),
         value=bft_ray.get(example),
+        require_commit_proof=cert.mode == "bft",  # the group's QCs travel in the certificate
     )
     signers = len(cert.signatures)
+    proof = ", commit proven by the QCs it carries" if cert.commit_proof else ""
     console.print(
         f"certificate verifies offline: [bold]{valid}[/] ({cert.mode} mode, {signers} verifier "
-        "signatures)"
+        f"signatures{proof})"
     )
     elapsed = time.perf_counter() - start
     console.print(

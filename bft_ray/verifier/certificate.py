@@ -144,6 +144,10 @@ class Certificate:
         block_id: BFT mode: id of that block (32 bytes; else empty). Each verifier signs only
             after its replica committed the block, so ``2f + 1`` signatures mean at least
             ``f + 1`` honest verifiers recomputed and committed this verdict.
+        commit_proof: BFT mode: the proof that the block committed (the block, its committed
+            descendants to the head, the head's QCs with ``2f + 1`` verifier signatures each
+            and the keys in consensus order; :mod:`bft_ray.verifier.commit_proof`). Not part
+            of :meth:`body`: it proves itself. Checked whenever present.
     """
 
     task_id: str
@@ -164,6 +168,7 @@ class Certificate:
     mode: str = "trusted"
     block_round: int = 0
     block_id: bytes = b""
+    commit_proof: bytes = b""
 
     # -- construction -----------------------------------------------------------------------
 
@@ -289,6 +294,7 @@ class Certificate:
             "executor_keys": [[eid, key.hex()] for eid, key in self.executor_keys],
             "block_round": self.block_round,
             "block_id": self.block_id.hex(),
+            "commit_proof": self.commit_proof.hex(),
             "signatures": [
                 {
                     "verifier_id": s.verifier_id,
@@ -433,6 +439,7 @@ def _from_data(data: Any) -> Certificate:
         mode=_text(d["mode"], "mode"),
         block_round=_int(d["block_round"], "block_round"),
         block_id=_hex(d["block_id"], "block_id"),
+        commit_proof=_hex(d["commit_proof"], "commit_proof"),
     )
 
 
@@ -456,13 +463,13 @@ def _shape(cert: Any) -> None:
         _text(getattr(cert, name), name)
     for name in ("quorum", "compared", "version", "block_round"):
         _int(getattr(cert, name), name)
-    if type(cert.block_id) is not bytes:
-        raise CertificateError("block_id must be bytes")
+    if type(cert.block_id) is not bytes or type(cert.commit_proof) is not bytes:
+        raise CertificateError("block_id and commit_proof must be bytes")
     if cert.mode == "bft":
         _sized(cert.block_id, 32, "block_id")
         if cert.block_round < 1:
             raise CertificateError("a BFT certificate names the round of its committed block")
-    elif cert.block_id or cert.block_round:
+    elif cert.block_id or cert.block_round or cert.commit_proof:
         raise CertificateError("only a BFT certificate names a committed block")
     if cert.version != VERSION:
         raise CertificateError(f"unknown certificate version {cert.version} (this is {VERSION})")
@@ -528,6 +535,7 @@ def _check(
     value_digest: Any,
     executor_keys: Any,
     min_verifier_signatures: Any,
+    require_commit_proof: bool = False,
 ) -> None:
     _shape(cert)
     if type(min_verifier_signatures) is not int:
@@ -550,6 +558,24 @@ def _check(
         )
     if task_id is not None and (type(task_id) is not str or cert.task_id != task_id):
         raise CertificateError(f"certificate is for task {cert.task_id!r}, not {task_id!r}")
+    if cert.mode == "bft" and (cert.commit_proof or require_commit_proof):
+        if not cert.commit_proof:
+            raise CertificateError("no commit proof (require_commit_proof=True)")
+        from bft_ray.verifier.commit_proof import OTHER_KEYS, check_proof
+
+        why = check_proof(
+            cert.commit_proof,
+            cert.block_id,
+            cert.block_round,
+            cert.task_id,
+            cert.digest,
+            cert.representative,
+            trusted,
+        )
+        # Keys other than the proof's group (a subset, a stale list) cannot check it; unless it
+        # is required, the 2f + 1 signatures over the body then decide, as without a proof.
+        if why and (require_commit_proof or why != OTHER_KEYS):
+            raise CertificateError(f"commit proof: {why}")
 
     registry: dict[str, bytes] = {}
     for eid, key in cert.executor_keys:
@@ -643,6 +669,7 @@ def verify_certificate(
     executor_keys: Mapping[str, bytes] | Iterable[bytes] | None = None,
     min_verifier_signatures: int = 1,
     raise_on_failure: bool = False,
+    require_commit_proof: bool = False,
 ) -> bool:
     """Check a certificate offline. Never raises for a malformed one (returns ``False``).
 
@@ -675,6 +702,10 @@ def verify_certificate(
             (``cluster.verifier_keys()``).
         raise_on_failure: Raise :class:`~bft_ray.errors.CertificateError` with the reason
             instead of returning ``False``.
+        require_commit_proof: For a ``"bft"`` certificate, also require its commit proof
+            (a present one is always checked: the block, its chain to the committed head,
+            ``2f + 1`` signatures on each QC under the given keys, the commit rule, and the
+            block's claim for this task certifying this digest and representative).
 
     Returns:
         ``True`` when every check passes, else ``False``.
@@ -700,6 +731,7 @@ def verify_certificate(
             value_digest,
             executor_keys,
             min_verifier_signatures,
+            require_commit_proof,
         )
     except CertificateError:
         if raise_on_failure:

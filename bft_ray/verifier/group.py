@@ -78,6 +78,7 @@ from bft_ray.verifier.claims import (
     decode_payload,
     encode_payload,
 )
+from bft_ray.verifier.commit_proof import encode_proof
 from bft_ray.verifier.recheck import Recheck, recheck
 from bft_ray.verifier.records import CallMeta, certificate_fields
 from bft_ray.verifier.replica import OPERATOR_OK, Committed, VerifierReplica
@@ -512,7 +513,14 @@ class BftVerifier:
             sig = self.key.sign(body)
         if self.fault == "forge":
             sig = os.urandom(64)
-        return {**base, "ok": True, "public_key": self.key.public_bytes, "signature": sig}
+        proof = encode_proof(block, done.chain, done.commit_qcs, self.validators.public_keys)
+        return {
+            **base,
+            "ok": True,
+            "public_key": self.key.public_bytes,
+            "signature": sig,
+            "commit_proof": proof,
+        }
 
     async def kick(self) -> None:
         """Start the timers and send what the replica has ready (after ``start``)."""

@@ -88,6 +88,9 @@ class Committed:
         standing_digest: Digest of this verifier's standing once the whole block is applied
             (equal on every honest verifier after the same block).
         blocked: Executors quarantined or banned in that standing, ``(id, status)`` sorted.
+        chain: The committed blocks from ``block`` (exclusive) to the block the commit rule
+            committed directly (inclusive); empty when ``block`` is that block.
+        commit_qcs: The QCs proving the commit rule for that head (``CommittedBlock``).
     """
 
     task_id: str
@@ -97,6 +100,8 @@ class Committed:
     recheck: Recheck | None
     standing_digest: bytes = b""
     blocked: tuple[tuple[str, str], ...] = ()
+    chain: tuple[Block, ...] = ()
+    commit_qcs: tuple[Any, ...] = ()
 
     @property
     def operator(self) -> bool:
@@ -360,6 +365,19 @@ class VerdictApp:
         return blake3.blake3(repr(sorted(rows)).encode()).digest()
 
 
+def _chain_to_head(committed: Sequence[CommittedBlock], k: int) -> tuple[Block, ...]:
+    """The blocks after ``committed[k]`` up to its head (the batch is in commit order)."""
+    head = committed[k].head_id
+    if committed[k].block.id == head:
+        return ()
+    out = []
+    for later in committed[k + 1 :]:
+        out.append(later.block)
+        if later.block.id == head:
+            return tuple(out)
+    return ()  # the head is not in this batch: no proof can be built (never expected)
+
+
 def _entries(payload: bytes) -> list[bytes] | None:
     try:
         return decode_payload(payload)
@@ -474,9 +492,15 @@ class VerifierReplica:
                 rd = self.node.ready()
                 self.store.persist(rd)  # durable (at the batch's end) BEFORE rd.messages leave
                 sends.extend(rd.messages)
-                for cb in rd.committed:
+                for k, cb in enumerate(rd.committed):
                     done = self.app.commit(cb.block)
                     self.store.append(cb, self.rows(done))
+                    if done:  # what a certificate needs to prove the commit on its own
+                        chain = _chain_to_head(rd.committed, k)
+                        done = [
+                            dataclasses.replace(c, chain=chain, commit_qcs=cb.commit_proof)
+                            for c in done
+                        ]
                     applied.extend(done)
                 self.node.advance(rd)
         return sends, applied

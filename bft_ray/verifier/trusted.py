@@ -85,6 +85,7 @@ from bft_ray.verifier.admission import (
 )
 from bft_ray.verifier.certificate import Certificate, VerifierSignature
 from bft_ray.verifier.claims import FAILURES, OperatorClaim, ReplicaClaim, VerdictClaim
+from bft_ray.verifier.commit_proof import check_proof
 from bft_ray.verifier.decision import CallState, Decision, Judgement, Label, Step, VerdictRecord
 from bft_ray.verifier.group import certificate_body, fail_statement
 from bft_ray.verifier.recheck import judged
@@ -1194,6 +1195,7 @@ class TrustedVerifier:
         known = set(self.group_keys)
         bodies: dict[tuple[int, bytes], Any] = {}
         signed: dict[tuple[int, bytes], dict[bytes, bytes]] = {}
+        proofs: dict[tuple[int, bytes], bytes] = {}  # a checked commit proof per block
         # The standing each verifier holds after the block: adopted once f + 1 report the same.
         views: dict[tuple, set[bytes]] = {}
         refusals = []
@@ -1230,16 +1232,41 @@ class TrustedVerifier:
                 body = bodies[where]
                 if verify_signature(pub, body.body(), sig):
                     signed.setdefault(where, {})[pub] = sig
-                    if len(signed[where]) >= 2 * f + 1:
+                    proof = ack.get("commit_proof")
+                    if where not in proofs and isinstance(proof, bytes):
+                        # Any verifier's proof will do, but only one that checks: a faulty
+                        # verifier's garbage is simply not taken.
+                        why = check_proof(
+                            proof, where[1], where[0], claim.task_id, claim.digest,
+                            claim.representative, self.group_keys,
+                        )  # fmt: skip
+                        if not why:
+                            proofs[where] = proof
+                    if len(signed[where]) >= 2 * f + 1 and where in proofs:
                         sigs = tuple(
                             VerifierSignature(f"verifier{self.group_keys.index(k)}", k, s)
                             for k, s in sorted(
                                 signed[where].items(), key=lambda kv: self.group_keys.index(kv[0])
                             )
                         )
-                        return dataclasses.replace(body, signatures=sigs)
+                        return dataclasses.replace(
+                            body, signatures=sigs, commit_proof=proofs[where]
+                        )
         except asyncio.TimeoutError:
             pass
+        for where, sigs_by in signed.items():
+            if claim.step != "fail" and len(sigs_by) >= 2 * f + 1:
+                # Every verifier answered and none sent a proof that checks: the 2f + 1
+                # post-commit signatures still certify it; the certificate just cannot prove
+                # the commit on its own (verify_certificate(require_commit_proof=True) refuses).
+                logger.warning(
+                    "%s: no commit proof checked; certificate without one", claim.task_id
+                )
+                sigs = tuple(
+                    VerifierSignature(f"verifier{self.group_keys.index(k)}", k, s)
+                    for k, s in sorted(sigs_by.items(), key=lambda kv: self.group_keys.index(kv[0]))
+                )
+                return dataclasses.replace(bodies[where], signatures=sigs)
         why = (
             f"{len(refusals)} of {n} verifiers refused or failed"
             if len(refusals) > f

@@ -104,6 +104,46 @@ def test_values_come_with_a_group_certificate_anyone_can_check(cluster):
     assert not bft_ray.verify_certificate(cert, lone)  # one known key of four: 1 < 2f + 1
     (other,) = run_one_by_one(1, offset=1)
     assert not bft_ray.verify_certificate(cert, keys, task_id=bft_ray.task_id(other))
+    _the_commit_proof_proves_the_block_committed(cert, bft_ray.certificate(other), keys)
+
+
+def _the_commit_proof_proves_the_block_committed(cert, other, keys):
+    """The certificate carries the block, its chain to the committed head and the head's QCs
+    (2f + 1 signatures each); it verifies with the keys alone, in any order, and every
+    tampering with it is refused."""
+    from bft_ray.compare.wire import decode, encode
+    from bft_ray.consensus.types import QuorumCert, decode_qc
+
+    def ok(c, ks=keys, **kw):
+        return bft_ray.verify_certificate(c, ks, require_commit_proof=True, **kw)
+
+    assert cert.commit_proof and ok(cert) and ok(cert, list(reversed(keys)))
+    assert ok(bft_ray.Certificate.from_json(cert.to_json()))
+    assert not ok(dataclasses.replace(cert, commit_proof=b""))  # required, absent
+    block, chain, proof, order = decode(cert.commit_proof)
+
+    def rebuilt(*parts):
+        return dataclasses.replace(cert, commit_proof=encode(list(parts)))
+
+    qc = decode_qc(proof[0])
+    (signer, _), *rest = qc.signatures
+    forged = QuorumCert(qc.data, ((signer, bytes(64)), *rest)).encode()
+    two = QuorumCert(qc.data, qc.signatures[: 2 * ((len(keys) - 1) // 3)]).encode()  # 2f
+    refused = {
+        "a QC signature zeroed": rebuilt(block, chain, [forged, *proof[1:]], order),
+        "a QC with 2f signatures": rebuilt(block, chain, [two, *proof[1:]], order),
+        "no QC": rebuilt(block, chain, [], order),
+        "another task's block": dataclasses.replace(cert, commit_proof=other.commit_proof),
+        "a chain link dropped": rebuilt(block, chain[:-1], proof, order) if chain else None,
+        "a key left out": rebuilt(block, chain, proof, order[1:]),
+        "junk": dataclasses.replace(cert, commit_proof=b"junk"),
+    }
+    for what, bad in refused.items():
+        if bad is not None and bad.commit_proof != cert.commit_proof:
+            assert not ok(bad), what
+            # Present but wrong is refused even when not required (same keys).
+            if what != "a key left out":
+                assert not bft_ray.verify_certificate(bad, keys), what
 
 
 # A bounded sample in `make test`: the two that attack certificates and verdicts directly plus

@@ -87,6 +87,12 @@ def test_keys_then_verify_a_certificate_offline(running, tmp_path):
     cert_file.write_text(cert.to_json())
     ok = cli("verify", str(cert_file), "--keys", str(keys_file), "--task-id", cert.task_id)
     assert ok.returncode == 0 and ok.stdout.startswith("VALID"), ok.stdout + ok.stderr
+    runner = CliRunner()
+    if cert.mode == "bft":  # the group's certificate proves its commit with the QCs it carries
+        proven = runner.invoke(
+            main, ["verify", str(cert_file), "--keys", str(keys_file), "--require-commit-proof"]
+        )
+        assert proven.exit_code == 0 and "commit proven by QCs" in proven.output, proven.output
     # Offline, through click's runner: another task's id, a changed digest, junk.
     runner = CliRunner()
     other = runner.invoke(
