@@ -56,10 +56,13 @@ def check_proof(
     digest: bytes,
     representative: str,
     trusted_keys: Iterable[bytes],
+    certs: CertificateVerifier | None = None,
 ) -> str:
     """Why ``blob`` does not prove the commit of the certificate's verdict ("" when it does).
 
-    Never raises: anything malformed is a reason.
+    ``certs``: a QC checker to reuse (it remembers the QCs it verified) for the same keys in
+    the same order as the proof's; a fresh one is built otherwise. Never raises: anything
+    malformed is a reason.
     """
     from bft_ray.verifier.claims import ClaimError, SignedClaim, decode_entry, decode_payload
 
@@ -90,7 +93,8 @@ def check_proof(
                 return "the proof's blocks do not chain"
             head = child
         qcs = tuple(decode_qc(raw) for raw in raw_proof)
-        certs = CertificateVerifier(ValidatorSet(tuple(keys)), Ed25519Verifier(tuple(keys)))
+        if certs is None or certs.validators.public_keys != tuple(keys):
+            certs = CertificateVerifier(ValidatorSet(tuple(keys)), Ed25519Verifier(tuple(keys)))
         if not qcs or not all(certs.verify_qc(qc) for qc in qcs):
             return "a QC of the commit proof lacks 2f + 1 valid verifier signatures"
         if not verify_commit_proof(head.id, head.round, qcs, RULE):

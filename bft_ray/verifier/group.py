@@ -416,13 +416,7 @@ class BftVerifier:
             if fut is not None and not fut.done():
                 fut.set_result(None)
             self._pump()
-            done = self._done.get(sc.task_id)
-        if done is None:
-            fut = self._waiters.get(sc.task_id)
-            if fut is None:
-                fut = self._waiters[sc.task_id] = asyncio.get_running_loop().create_future()
-            done = await fut
-        return self._ack(done, result)
+        return self._ack(await self._committed(sc.task_id), result)
 
     async def _read(self, claim: VerdictClaim, refs: dict[str, Any]) -> dict[str, Any]:
         """Each replica's answer, read from the executor's own object (never copied)."""
@@ -473,20 +467,26 @@ class BftVerifier:
             return {"index": self.index, "ok": False, "reason": "not a signed operator record"}
         if self.fault == "silent":
             return {"index": self.index, "ok": False, "reason": "silent"}
-        done = self._done.get(sc.task_id)
-        if done is None:
+        if self._done.get(sc.task_id) is None:
             rep.offer(entry, OPERATOR_OK)
             self._pump()
-            done = self._done.get(sc.task_id)
+        return {**self._where(await self._committed(sc.task_id)), "ok": True}
+
+    async def _committed(self, task_id: str) -> Committed:
+        """The entry of ``task_id`` once this verifier committed it (at once if it has)."""
+        done = self._done.get(task_id)
         if done is None:
-            fut = self._waiters.get(sc.task_id)
+            fut = self._waiters.get(task_id)
             if fut is None:
-                fut = self._waiters[sc.task_id] = asyncio.get_running_loop().create_future()
+                fut = self._waiters[task_id] = asyncio.get_running_loop().create_future()
             done = await fut
+        return done
+
+    def _where(self, done: Committed) -> dict:
+        """What every ack says: this verifier, the block, its standing after the block."""
         block = done.block
         return {
             "index": self.index,
-            "ok": True,
             "block_round": block.round,
             "block_id": block.id,
             **_view(done),
@@ -494,12 +494,7 @@ class BftVerifier:
 
     def _ack(self, done: Committed, result: Recheck) -> dict:
         block = done.block
-        base = {
-            "index": self.index,
-            "block_round": block.round,
-            "block_id": block.id,
-            **_view(done),
-        }
+        base = self._where(done)
         if not result.ok and self.fault != "wrong_vote":
             return {**base, "ok": False, "reason": result.reason}
         claim = done.claim.claim

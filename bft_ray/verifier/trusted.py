@@ -44,6 +44,7 @@ from bft_ray.compare.diff import render_disagreement
 from bft_ray.compare.tolerance import compare, tolerance_ratio
 from bft_ray.compare.wire import WireItem, WireValue, decode, sequence_length
 from bft_ray.config import Policy
+from bft_ray.consensus.crypto import CertificateVerifier, Ed25519Verifier, ValidatorSet
 from bft_ray.crypto import SigningKey, verify_signature
 from bft_ray.errors import (
     BftRayError,
@@ -218,6 +219,7 @@ class TrustedVerifier:
         # vouched for by f + 1 verifiers, and the committed round it holds after. Assignment
         # follows it; this actor never quarantines on its own in BFT mode.
         self._committed_view: tuple[int, tuple[tuple[str, str], ...]] = (-1, ())
+        self._qc_checker: CertificateVerifier | None = None  # see _proof_certs
         # Function keys each executor has confirmed holding (it answered a call carrying it).
         self._functions_held: dict[str, set[str]] = {}
         self.counters = {
@@ -1238,17 +1240,12 @@ class TrustedVerifier:
                         # verifier's garbage is simply not taken.
                         why = check_proof(
                             proof, where[1], where[0], claim.task_id, claim.digest,
-                            claim.representative, self.group_keys,
+                            claim.representative, self.group_keys, self._proof_certs(),
                         )  # fmt: skip
                         if not why:
                             proofs[where] = proof
                     if len(signed[where]) >= 2 * f + 1 and where in proofs:
-                        sigs = tuple(
-                            VerifierSignature(f"verifier{self.group_keys.index(k)}", k, s)
-                            for k, s in sorted(
-                                signed[where].items(), key=lambda kv: self.group_keys.index(kv[0])
-                            )
-                        )
+                        sigs = self._signatures(signed[where])
                         return dataclasses.replace(
                             body, signatures=sigs, commit_proof=proofs[where]
                         )
@@ -1262,11 +1259,7 @@ class TrustedVerifier:
                 logger.warning(
                     "%s: no commit proof checked; certificate without one", claim.task_id
                 )
-                sigs = tuple(
-                    VerifierSignature(f"verifier{self.group_keys.index(k)}", k, s)
-                    for k, s in sorted(sigs_by.items(), key=lambda kv: self.group_keys.index(kv[0]))
-                )
-                return dataclasses.replace(bodies[where], signatures=sigs)
+                return dataclasses.replace(bodies[where], signatures=self._signatures(sigs_by))
         why = (
             f"{len(refusals)} of {n} verifiers refused or failed"
             if len(refusals) > f
@@ -1277,6 +1270,22 @@ class TrustedVerifier:
             f"{rep.call.name} ({claim.task_id}): the verifier group did not certify the verdict: "
             f"{why}: {'; '.join(refusals[:4]) or 'no answer'}. Check cluster.verifier_status()."
         )
+
+    def _signatures(self, by_key: dict[bytes, bytes]) -> tuple[VerifierSignature, ...]:
+        """A certificate's verifier signatures, in the group's index order."""
+        order = self.group_keys.index
+        return tuple(
+            VerifierSignature(f"verifier{order(k)}", k, sig)
+            for k, sig in sorted(by_key.items(), key=lambda kv: order(kv[0]))
+        )
+
+    def _proof_certs(self) -> CertificateVerifier:
+        """One QC checker for the group, kept: the claims batched in a block share its commit
+        proof, whose QC signatures are then checked once, not once per claim."""
+        if self._qc_checker is None:
+            keys = tuple(self.group_keys)
+            self._qc_checker = CertificateVerifier(ValidatorSet(keys), Ed25519Verifier(keys))
+        return self._qc_checker
 
     def _note_view(self, views: dict, where: tuple, ack: dict, pub: bytes, f: int) -> None:
         """Count one verifier's standing after ``where``; adopt it once f + 1 report it."""
@@ -1720,7 +1729,8 @@ class _Replication:
         self.start(self.pick(1))
         return await self.finish()
 
-    async def _accept_alone(self, out: Outcome) -> tuple[Any, Any]:
+    def _lone_decision(self, out: Outcome) -> Decision:
+        """Accept ``out`` as the call's only answer (a fresh verdict state of quorum 1)."""
         lone = _lone_policy(self.policy)
         self.policy = lone
         self.state = CallState(self.call.task_id, lone, self.state.tiebreak)
@@ -1728,6 +1738,10 @@ class _Replication:
         self.state.feed(out)
         decision = self.state.decide(spare=0)
         assert decision.step is Step.ACCEPT and decision.record is not None
+        return decision
+
+    async def _accept_alone(self, out: Outcome) -> tuple[Any, Any]:
+        decision = self._lone_decision(out)
         self.alone = True
         self.v.counters["alone"] += 1
         self.v._remember_lone(self)
@@ -1735,14 +1749,7 @@ class _Replication:
 
     async def _accept_audited(self, out: Outcome) -> tuple[Any, Any]:
         """The checker confirmed the lone value: accepted, and the executor's trust grows."""
-        lone = _lone_policy(self.policy)
-        self.policy = lone
-        self.state = CallState(self.call.task_id, lone, self.state.tiebreak)
-        self.state.start(1)
-        self.state.feed(out)
-        decision = self.state.decide(spare=0)
-        assert decision.step is Step.ACCEPT
-        return await self._accepted(decision)
+        return await self._accepted(self._lone_decision(out))
 
     async def _run_checker(self, out: Outcome, checker: Invoke) -> bool | None:
         """Run the plan's checker on one independent executor: True, False, or None (failed)."""
