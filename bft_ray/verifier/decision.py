@@ -34,7 +34,9 @@ The rules (docs/architecture.md, "Verdict rules"):
   executor controls (its digest, its bits) decides the choice among agreeing outputs.
 * **Flags**: an outcome is ``DISAGREED`` (flagged, with its signed attestation as evidence) only
   if it disagrees with the accepted value *and* agrees with fewer than ``q`` outcomes (itself
-  included), counting replicas still running as possible agreers; reputation is applied from
+  included), counting as possible agreers the replicas still running and every replica of
+  ``policy.replicas`` that produced no comparable output (so a claim cannot get an honest
+  output flagged by leaving its agreeing peers out); reputation is applied from
   :meth:`CallState.final_record`, once every replica has finished.
 * **Credit**: an outcome is ``AGREED`` only if it agrees with the value *and* with at least ``q``
   outcomes, so with fewer than ``q`` colluders it is within the tolerance of an honest output; a
@@ -350,8 +352,13 @@ class CallState:
             if degree >= q:
                 return Label.AGREED, ""
             return Label.UNALIGNED, f"agrees with the value but with only {degree} outputs"
-        # Replicas still running may yet agree with it: flag only what they cannot change.
-        if degree + self.running >= q:
+        # Replicas still running may yet agree with it, and so may the replicas the policy asks
+        # for that never produced a comparable output (no executor was available, the claim
+        # lists fewer, or one failed without a replacement): flag only what none of them could
+        # change. Without the missing ones, a BFT dispatcher could leave honest outputs out of
+        # its claim and get an honest executor flagged (tests/adversarial/test_bft_claims.py).
+        missing = max(0, self.policy.replicas - len(outs) - self.running)
+        if degree + self.running + missing >= q:
             return Label.UNALIGNED, f"agrees with {degree} outputs but not with the accepted value"
         return Label.DISAGREED, "disagrees with the accepted value"
 

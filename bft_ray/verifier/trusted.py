@@ -1819,6 +1819,8 @@ class _Replication:
                         "no executor available",
                     )
                 )
+            if not picked:
+                self.attempt += 1  # a wave of fillers only is still a wave (attempt = wave)
         self.start(picked)
 
     def _count_call(self) -> None:

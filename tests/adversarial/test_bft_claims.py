@@ -377,47 +377,65 @@ def test_an_honest_answer_is_never_turned_into_a_failure(variant):
         assert expected_reason in r.reason, r.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: a claim may simply leave replicas out (nothing binds its replica set to an "
-    "assignment), and the tie-break key is the dispatcher's: dropping two of four honest outputs "
-    "and grinding the key flags an honest executor DISAGREED although the honest outputs agree "
-    "pairwise and number at least q.",
-)
-def test_leaving_honest_replicas_out_never_gets_an_honest_executor_flagged():
-    policy = Policy(replicas=5, quorum=3, tolerance=Tolerance(rtol=0.0, atol=1e-3))
-    values = {"ex0": 1.0, "ex1": 1.0009, "ex2": 1.0005, "ex3": 1.0005}  # honest, pairwise agree
-    colluders = {"ex4": 0.9991, "ex5": 0.9991}  # within atol of ex0 only
-    raw = {e: envelope(KEYS[e], e, f"s{e[2:]}", [v]) for e, v in {**values, **colluders}.items()}
-    kept = ["ex0", "ex1", "ex4", "ex5"]  # ex2 and ex3 left out of the claim
-    answers = {e: raw[e] for e in raw}
-    for i in range(256):
+_LEFT_OUT_POLICY = Policy(replicas=5, quorum=3, tolerance=Tolerance(rtol=0.0, atol=1e-3))
+_HONEST = {"ex0": 1.0, "ex1": 1.0009, "ex2": 1.0005, "ex3": 1.0005}  # pairwise within atol
+_COLLUDERS = {"ex4": 0.9991, "ex5": 0.9991}  # within atol of ex0 only
+
+
+def _left_out_claims(variant: str):
+    """Claims over ex0, ex1 and the two colluders with ex2 and ex3 left out, one per key."""
+    raw = {e: envelope(KEYS[e], e, f"s{e[2:]}", [v]) for e, v in {**_HONEST, **_COLLUDERS}.items()}
+    kept = ["ex0", "ex1", "ex4", "ex5"]
+    replicas = [ReplicaClaim(e, f"s{e[2:]}", 0, e, "answered") for e in kept]
+    if variant == "listed as no executor available":
+        replicas += [
+            ReplicaClaim("-", "-", 0, "", "failed", "crashed", "no executor available")
+        ] * 2
+    for i in range(256):  # the dispatcher grinds its tie-break key
         tb = blake3.blake3(bytes([i])).digest()
-        claim = seal(
-            draft(
-                [ReplicaClaim(e, f"s{e[2:]}", 0, e, "answered") for e in kept],
-                {e: KEYS[e] for e in kept},
-                policy=policy,
-                tiebreak=tb,
+        draft_ = draft(replicas, {e: KEYS[e] for e in kept}, policy=_LEFT_OUT_POLICY, tiebreak=tb)
+        yield seal(draft_, raw), raw
+
+
+@pytest.mark.parametrize("variant", ["left out", "listed as no executor available"])
+def test_leaving_honest_replicas_out_never_gets_an_honest_executor_flagged(variant):
+    # Four honest outputs agree pairwise (q = 3 of 5); the dispatcher lists only two of them
+    # beside two colluders that agree with ex0 alone, and grinds the key until a colluder is the
+    # value. Before the missing replicas counted as possible agreers, ex1 (agreeing with only ex0
+    # of the listed) was flagged DISAGREED by the shared rule, so every verifier's replay agreed.
+    chose_colluder = 0
+    for claim, answers in _left_out_claims(variant):
+        assert claim.step == "accept"
+        chose_colluder += claim.representative in _COLLUDERS
+        assert not flagged(claim) & set(_HONEST), (claim.tiebreak.hex(), claim.judgements)
+        assert recheck(claim, answers).ok
+        # Forging the flag anyway is refused: the replay does not flag ex1.
+        forged = dataclasses.replace(
+            claim,
+            judgements=tuple(
+                dataclasses.replace(j, label="disagreed", reason="disagrees")
+                if j.executor_id == "ex1"
+                else j
+                for j in claim.judgements
             ),
-            answers,
         )
-        if claim.representative in colluders:
-            break
-    assert flagged(claim) == {"ex1"}
-    # With every replica listed, the same key flags no honest executor.
-    full = seal(
-        draft(
-            [ReplicaClaim(e, f"s{e[2:]}", 0, e, "answered") for e in raw],
-            {e: KEYS[e] for e in raw},
-            policy=policy,
-            tiebreak=claim.tiebreak,
-        ),
-        answers,
-    )
-    assert not flagged(full) & set(values)
-    r = recheck(claim, answers)
-    assert not r.ok, "an honest executor was flagged by a claim that left honest replicas out"
+        r = recheck(forged, answers)
+        assert not r.ok and r.reason.startswith("the claimed judgements"), r.reason
+    assert chose_colluder, "the grind never made a colluder the value: the attack was not tried"
+
+
+def test_missing_replicas_spare_only_outputs_they_could_bring_to_the_quorum():
+    # The other side of the rule: a liar among three agreeing honest outputs is still flagged
+    # when one replica of five had no executor, since that one could not bring it to q = 3.
+    # (Under a strict-majority quorum a missing replica only spares an output that agrees with
+    # part of the accepted clique, as ex1 above.)
+    policy = Policy(replicas=5, quorum=3)
+    answers_by = {
+        (f"ex{i}", f"s{i}"): envelope(KEYS[f"ex{i}"], f"ex{i}", f"s{i}", GOOD) for i in range(3)
+    }
+    answers_by[("ex3", "s3")] = envelope(KEYS["ex3"], "ex3", "s3", WRONG)
+    claim, answers = dispatch("t1", answers_by, policy=policy)
+    assert claim.step == "accept" and flagged(claim) == {"ex3"} and recheck(claim, answers).ok
 
 
 def test_changed_judgements_or_representative_are_refused():
