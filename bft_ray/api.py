@@ -1074,7 +1074,10 @@ def certificate(ref: ObjectRef, *, timeout: float | None = None) -> Certificate:
         cluster._verifier.certificate.remote(cluster._task_ids.get(ray_task), ray_task)
     )
     if status == "error":
-        raise _unwrap(payload)
+        exc = _unwrap(payload)
+        if isinstance(exc, ray.exceptions.RayTaskError):
+            exc = exc.as_instanceof_cause()  # also the user's exception type, as ray.get raises
+        raise exc
     return payload
 
 
@@ -1355,6 +1358,7 @@ class VerifiedClass:
         call = CallSpec(task_id, self.__qualname__, self.policy, self._call_options, meta)
         close_token = os.urandom(16)
         ready = cluster._verifier.create_instance.remote(call, [cls_ref], a, kw, close_token)
+        cluster._remember(ready.task_id().hex(), task_id)
         return VerifiedActorHandle(cluster, self._cls, call, ready, close_token)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -1401,6 +1405,22 @@ class VerifiedActorHandle:
         Replicas that crashed or diverged are replaced by new ones that replay the call log.
         """
         return self.info(timeout)["holders"]
+
+    def certificate(self, timeout: float | None = None) -> Certificate:
+        """The certificate of the constructor's verdict (blocks until the instance is created).
+
+        The constructor is verified like a call: its replicas' answers (``None``) agreed under
+        the instance's policy. In BFT mode the verifier group committed that verdict, so the
+        certificate carries ``2f + 1`` verifier signatures and its commit proof.
+
+        Example:
+            >>> acc = Accumulator.remote(0)  # doctest: +SKIP
+            >>> bft_ray.verify_certificate(acc.certificate(), cluster.verifier_keys())  # doctest: +SKIP
+
+        Raises:
+            The constructor's error, if it failed.
+        """
+        return certificate(self._ready, timeout=timeout)
 
     def info(self, timeout: float | None = None) -> dict[str, Any]:
         """Holders and the number of replicas rebuilt so far (``repairs``)."""

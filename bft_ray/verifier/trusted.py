@@ -87,7 +87,7 @@ from bft_ray.verifier.admission import (
 from bft_ray.verifier.certificate import Certificate, VerifierSignature
 from bft_ray.verifier.claims import FAILURES, OperatorClaim, ReplicaClaim, VerdictClaim
 from bft_ray.verifier.commit_proof import check_proof
-from bft_ray.verifier.decision import CallState, Decision, Judgement, Label, Step, VerdictRecord
+from bft_ray.verifier.decision import CallState, Decision, Label, Step, VerdictRecord
 from bft_ray.verifier.group import certificate_body, fail_statement
 from bft_ray.verifier.recheck import judged
 from bft_ray.verifier.records import (
@@ -426,10 +426,12 @@ class TrustedVerifier:
     ) -> list[str]:
         """Construct ``r`` replicas of a class instance on distinct slots.
 
-        Each constructor answers like a call (``None`` or the exception record). If a quorum of
-        replicas agree that the constructor raised, that is the user's error and is raised;
-        a single executor claiming so is just a replica that failed to construct.
+        Each constructor answers like a call (``None`` or the exception record) and is decided
+        like one (see ``_create_instance``). If a quorum of replicas agree that the constructor
+        raised, that is the user's error and is raised; an executor claiming so against a
+        quorum that built it is judged like any dissenting replica.
         """
+        self._by_ray_task[ray.get_runtime_context().get_task_id()] = call.task_id
         ready = self._instance_ready(call.task_id)
         try:
             holders = await self._create_instance(call, cls_box, args, kwargs, close_token)
@@ -474,75 +476,53 @@ class TrustedVerifier:
         kwargs: dict,
         close_token: bytes | None,
     ) -> list[str]:
-        policy = call.policy
-        quorum = int(policy.quorum or 1)
+        """Construct the replicas through the shared verdict path, like a call.
+
+        Every honest constructor answers the same (``None``, or the same exception record), so
+        the constructor's verdict is :class:`CallState`'s: a quorum that built it (the instance
+        exists, its holders are the agreeing replicas and those still constructing), or a
+        quorum that agrees it raised (the user's error). Failed replicas are replaced on spare
+        executors as for a call. In BFT mode the verdict is a claim the group rechecks and
+        commits like any other, so the holders of every instance are on the record, and the
+        constructor has a certificate (``handle.certificate()``).
+        """
         await self._arguments_ready(call.task_id, args, kwargs)
-        self.pool.require(quorum, f"{call.name} instance")
-        holders: list[str] = []
-        tried: set[str] = set()
-        errors: dict[bytes, list[Outcome]] = {}
-        seen: list[Outcome] = []
-        budget = policy.replicas * 2  # bound on constructor attempts, crashes included
-        while len(holders) < policy.replicas and budget > 0:
-            nodes = {self.pool.node_of(h) for h in holders}
-            picks = self.pool.pick(call.task_id, policy.replicas - len(holders), tried, nodes)
-            if not picks:
-                break
-            budget -= len(picks)
-            tried.update(p.info.slot for p in picks)
-            spec = TaskSpec(call.task_id, 0, f"{call.name}.__init__")
-            sent = [
-                self._send(
-                    p,
-                    _submit(
-                        p.handle.create_instance,
-                        self.pool.setup.capability(p.index),
-                        spec,
-                        call.task_id,
-                        cls_box[0],
-                        *args,
-                        **kwargs,
-                    ),
-                )
-                for p in picks
-            ]
-            outs = await asyncio.gather(
-                *(self._receive(p, spec, s, policy.timeout_s) for p, s in zip(picks, sent))
+        self.pool.require(int(call.policy.quorum or 1), f"{call.name} instance")
+        cls_ref = cls_box[0]
+
+        def invoke(slot: Slot, spec: TaskSpec) -> Any:
+            cap = self.pool.setup.capability(slot.index)
+            return slot.handle.create_instance.remote(
+                cap, spec, call.task_id, cls_ref, *args, **kwargs
             )
-            for out in outs:
-                seen.append(out)
-                if out.status is Status.OK:
-                    holders.append(out.executor_id)
-                elif out.status is Status.ERROR:
-                    assert out.digest is not None
-                    errors.setdefault(out.digest, []).append(out)
-                    same = errors[out.digest]
-                    if len(same) >= quorum:
-                        self._apply(_constructor_record(call.task_id, seen, errors=True), None)
-                        raise _agreed_exception(same[0], f"{call.name}.__init__")
-                else:
-                    self._lost(out, call.task_id)
-        self._apply(_constructor_record(call.task_id, seen, errors=False), None)
-        if len(holders) < quorum:
-            raise ExecutorUnavailableError(
-                f"could only place {len(holders)} of {policy.replicas} replicas of {call.name} "
-                f"(quorum {quorum}); executors crashed, stalled or failed to construct it. "
-                "Add executors.",
-                placed=holders,
-            )
-        self.instances[call.task_id] = _Instance(
-            call.task_id,
-            call.name,
-            policy,
-            holders,
-            cls_box[0],
-            list(args),
-            dict(kwargs),
-            ever_used=set(tried),
-        )
+
+        ctor = dataclasses.replace(call, name=f"{call.name}.__init__")
+        rep = _Replication(self, ctor, invoke, instance=None)
+        rep.counted = True  # the counters count calls; a constructor is not one
+        inst = _Instance(call.task_id, call.name, call.policy, [], cls_ref, list(args), kwargs)
+        try:
+            rep.start(rep.pick(call.policy.replicas))
+            try:
+                _, cert = await rep.finish()
+            except Exception as exc:  # the user's agreed error, or no verdict (with the fates)
+                self._store(call.task_id, ("error", exc))
+                raise
+        finally:
+            self._active.pop(call.task_id, None)
+        record = rep.state.record
+        assert record is not None
+        # Replicas still constructing hold it too: the executor runs their constructor before
+        # any later call from here (Ray keeps per-caller order), and one that then answers
+        # differently or fails is dropped by the late judgement (rep.instance is set now,
+        # before any await, so _judge_late and _collect see it).
+        inst.holders = sorted(set(record.members) | set(rep.pending))
+        inst.ever_used = set(rep.used_slots)
+        rep.instance = inst
+        self.instances[call.task_id] = inst
+        self._store(call.task_id, ("ok", cert))
         if close_token is not None:
             self._close_tokens[call.task_id] = close_token
-        return holders
+        return list(inst.holders)
 
     async def call_method(
         self,
@@ -2032,29 +2012,6 @@ class _BlockRef:
 
     round: int
     id: bytes
-
-
-def _constructor_record(task_id: str, outs: list[Outcome], errors: bool) -> VerdictRecord:
-    """A verdict record for constructor answers, so they reach reputation like any call.
-
-    Every honest constructor answers the same (``None``, or the same exception record), so
-    once the outcome is known: with ``errors`` (a quorum agreed the constructor raised) the
-    error records agree and built replicas dissent; otherwise built replicas agree, and a
-    replica claiming the constructor raised disagrees with the quorum that built it.
-    """
-    agreeing = Status.ERROR if errors else Status.OK
-    judgements = []
-    for o in outs:
-        if o.status is agreeing:
-            judgements.append(Judgement(o.executor_id, o.slot, Label.AGREED, "", o.attestation))
-        elif o.comparable:
-            reason = "constructor answer differs from the quorum's"
-            judgements.append(
-                Judgement(o.executor_id, o.slot, Label.DISAGREED, reason, o.attestation)
-            )
-        else:
-            judgements.append(CallState._failure(o))
-    return VerdictRecord(task_id, None, (), 0, len(outs), tuple(judgements), b"")
 
 
 def _clusters_for_diff(state: CallState) -> list:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -229,6 +230,43 @@ def test_constructor_exception_propagates(cluster):
     handle = Broken.remote()
     with pytest.raises(RuntimeError, match="no weights"):
         bft_ray.get(handle.f.remote(), timeout=60)
+
+
+def test_a_constructor_is_verified_like_a_call(cluster, tmp_path):
+    # The first replica to construct raises (it wins an O_EXCL race on a marker file), the
+    # others build: a quorum built it, so the instance exists without the dissenter, the
+    # constructor has a certificate, and the lost replica is rebuilt before the first call.
+    @bft_ray.verified_remote(replicas=3)
+    class FirstFails:
+        def __init__(self, marker):
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
+            raise RuntimeError("the first constructor fails")
+
+        def seven(self):
+            return 7
+
+    h = FirstFails.remote(str(tmp_path / "marker"))
+    cert = h.certificate(timeout=60)
+    assert bft_ray.verify_certificate(cert, cluster.verifier_keys(), task_id=h.instance_id)
+    assert cert.kind == "value" and len(cert.signers) == 2
+    (dissent,) = [d for d in cert.dissenting if d.executor_id not in cert.signers]
+    assert dissent.outcome == "disagreed" and dissent.attestation is not None  # signed evidence
+    assert dissent.executor_id not in h.holders()
+    assert bft_ray.get(h.seven.remote(), timeout=60) == 7
+    holders = h.holders()
+    assert len(holders) == 3 and dissent.executor_id not in holders  # rebuilt on a spare
+
+    # A constructor that the replicas agree raised has no certificate: the error is the user's.
+    @bft_ray.verified_remote(replicas=3)
+    class AlwaysFails:
+        def __init__(self):
+            raise RuntimeError("no weights")
+
+    with pytest.raises(RuntimeError, match="no weights"):
+        AlwaysFails.remote().certificate(timeout=60)
 
 
 def test_escalation_adds_replicas_until_a_quorum(cluster):

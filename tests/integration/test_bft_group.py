@@ -146,6 +146,35 @@ def _the_commit_proof_proves_the_block_committed(cert, other, keys):
                 assert not bft_ray.verify_certificate(bad, keys), what
 
 
+@bft_ray.verified_remote(replicas=3, num_gpus=1)
+class Tally:
+    def __init__(self, start):
+        self.n = start
+
+    def add(self, k):
+        self.n += k
+        return self.n
+
+
+def test_a_replicated_instance_is_constructed_on_the_record(cluster):
+    # The constructor's verdict is a claim like a call's: rechecked by every verifier and
+    # committed, so its certificate carries 2f + 1 verifier signatures and a commit proof,
+    # and its holders are the executors the committed verdict credits.
+    t = Tally.remote(5)
+    cert = t.certificate(timeout=120)
+    keys = cluster.verifier_keys()
+    assert cert.mode == "bft" and cert.kind == "value"
+    assert bft_ray.verify_certificate(
+        cert, keys, task_id=t.instance_id, require_commit_proof=True, raise_on_failure=True
+    )
+    assert set(cert.signers) <= set(t.holders()) and len(cert.signers) >= 2
+    assert bft_ray.get([t.add.remote(1) for _ in range(3)], timeout=120) == [6, 7, 8]
+    # A method call's certificate is the group's too.
+    ref = t.add.remote(0)
+    assert bft_ray.get(ref, timeout=120) == 8
+    assert bft_ray.verify_certificate(bft_ray.certificate(ref), keys, require_commit_proof=True)
+
+
 # A bounded sample in `make test`: the two that attack certificates and verdicts directly plus
 # censorship; silence, wrong votes and equivocation (also covered by the Twins and simulator
 # suites of the consensus core) run in `make test-full`.
