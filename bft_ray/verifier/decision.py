@@ -12,7 +12,8 @@ Contract of :meth:`CallState.decide`, which the caller MUST honour before feedin
 * ``REPLACE(k)`` / ``ESCALATE(k)``: dispatch exactly ``k`` new replicas, each on a slot that has
   not run this call (the state already counts them as running; ``k`` never exceeds the
   ``spare`` slots the caller said it has). A dispatch that fails at once is fed back as a
-  ``CRASHED`` outcome.
+  ``CRASHED`` outcome (of executor ``"-"`` when nothing reached an executor, so no one is
+  flagged for it).
 * ``ACCEPT``: the call is decided; ``decision.record`` says who agreed, who dissented and why.
   Replicas still running are fed later with :meth:`CallState.judge_late`; once none is running,
   :meth:`CallState.final_record` is the record to apply to reputation.

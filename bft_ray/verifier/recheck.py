@@ -14,7 +14,8 @@ What a verifier checks, and why each matters against a lying dispatcher or leade
 * an ``answered`` replica's bytes were read and admitted here (signature, task, attempt,
   executor and slot recomputed), so an output cannot be invented or swapped;
 * a ``failed`` replica really had no usable answer when the claim arrived (a claim that an
-  honest executor timed out while its answer sat there is refused: an invented timeout);
+  honest executor timed out while its answer sat there is refused: an invented timeout), and
+  names the object it failed in (a failure with no object to check is only "-"'s, no one's);
 * replaying everything gives exactly the claimed verdict: a wrong representative, a dropped
   honest output or a wrong digest changes the replay and is refused.
 
@@ -140,8 +141,10 @@ def _recheck(claim: VerdictClaim, answers: Mapping[str, Any]) -> Recheck:
                 return _invalid(f"the answer of {r.executor_id} is not admissible: {out.reason}")
             state.feed(out)
             continue
-        # failed: there must have been no usable answer in the object this verifier read.
-        if not r.object_id and r.failure != "crashed":
+        # failed: there must have been no usable answer in the object this verifier read. A
+        # real executor's failure always names its object: one that names none (a submission
+        # that failed at the dispatcher) is listed as "-", since nothing shows it failed.
+        if not r.object_id and r.executor_id != "-":
             return _invalid(f"{r.executor_id} {r.failure}: the claim names no object to check")
         if isinstance(got, bytes):
             out = admit(got, expected)

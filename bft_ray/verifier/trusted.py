@@ -1302,6 +1302,7 @@ class TrustedVerifier:
         eid = slot.info.executor_id
         if isinstance(submitted, BaseException):
             for sent in sents:
+                sent.unsent = True
                 sent.started.set_result(time.monotonic())
                 sent.answer.set_exception(submitted)
             return
@@ -1779,8 +1780,26 @@ class _Replication:
 
     async def _collect(self, slot: Slot, spec: TaskSpec, sent: _Sent) -> Outcome:
         out = await self.v._receive(slot, spec, sent, self.policy.timeout_s)
-        self.v.cost.execution(self.call.name, _ran_for(sent))
         self.pending.pop(slot.info.executor_id, None)
+        if sent.unsent:
+            # Submitting it failed here (say, an argument Ray cannot serialise again): nothing
+            # reached the executor and no object exists, so nothing shows it failed. As for
+            # "no executor available", the replica is judged as no one's: no flag, no retiring,
+            # and a BFT claim names no executor its verifiers would have to take on trust.
+            exc = sent.answer.exception() if sent.answer.done() else None
+            while exc is not None and exc.__cause__ is not None:
+                exc = exc.__cause__  # Ray wraps the argument's own error in a long report
+            why = f"{type(exc).__name__}: {exc}"[:400] if exc is not None else out.reason
+            inst = self.instance
+            if inst is not None and slot.info.executor_id in inst.holders:
+                # Its replica missed this call, so its state is behind: rebuild it (unflagged).
+                inst.holders.remove(slot.info.executor_id)
+            return failed(
+                Expected(spec.task_id, spec.attempt, "-", "-", None),
+                Status.CRASHED,
+                f"{_UNSENT} {slot.info.executor_id} failed: {why}",
+            )
+        self.v.cost.execution(self.call.name, _ran_for(sent))
         if self.on_outcome is not None:
             self.on_outcome(out)
         if not out.comparable:
@@ -1919,7 +1938,7 @@ class _Replication:
         fed = {(r.executor_id, r.attempt) for r in self.fed}
         replicas = list(self.fed)
         for (eid, attempt), (slot, sent, _) in self.trail.items():
-            if (eid, attempt) not in fed:
+            if (eid, attempt) not in fed and not sent.unsent:
                 oid = sent.ref.hex() if sent.ref is not None else ""
                 replicas.append(ReplicaClaim(eid, slot.info.slot, attempt, oid, "running"))
         actors = {eid: actor for (eid, _), (_, _, actor) in self.trail.items()}
@@ -1954,6 +1973,15 @@ class _Replication:
             f"{j.executor_id} {j.label.value}" + (f" ({j.reason})" if j.reason else "")
             for j in (decision.record.judgements if decision.record else ())
         )
+        unsent = [o for o in self.state.failures if o.reason.startswith(_UNSENT)]
+        if not comparable and unsent:
+            return VerificationError(
+                f"{name} ({tid}): the call could not be sent to any executor: "
+                f"{unsent[0].reason}. Its arguments must survive Ray's "
+                "serialisation twice (driver to verifier, verifier to executor); no executor "
+                "was flagged.",
+                task_id=tid,
+            )
         if not comparable:
             return ExecutorUnavailableError(
                 f"{name} ({tid}): no replica produced an answer: {fates}. Check executor "
@@ -2093,6 +2121,9 @@ def _agreed_exception(rep: Outcome, name: str) -> BaseException:
     return RayTaskError(name, text, exc, proctitle=f"ray::{name}() [verified]")
 
 
+_UNSENT = "submission to"  # the reason of a replica whose submission failed (see _collect)
+
+
 # Most replicas one Ray call to an executor carries. A batch answers as a whole, so a stall in
 # it is caught after at most this many times timeout_s.
 _MAX_BATCH = 16
@@ -2112,6 +2143,7 @@ class _Sent:
     started: asyncio.Future  # resolves to the monotonic time its time limit started
     items: int = 1  # replicas in the Ray call that carries it (its limit is items x timeout_s)
     ref: Any = None  # the ObjectRef carrying the answer (handed to the BFT verifiers)
+    unsent: bool = False  # the submission itself failed here: no object, nothing reached it
 
 
 @dataclasses.dataclass(frozen=True)

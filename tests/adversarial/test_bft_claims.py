@@ -309,6 +309,8 @@ _INVENTED = {
     "timeout, answer read": (("failed", "timeout", 0, "o2"), "honest", False),
     "invalid, answer read": (("failed", "invalid", 0, "o2"), "honest", False),
     "timeout, no object named": (("failed", "timeout", 0, ""), "honest", False),
+    # Fixed: a failed submission names no object and used to be taken on the claim's word.
+    "crashed, no object named": (("failed", "crashed", 0, ""), "honest", False),
     "timeout, object withheld": (("failed", "timeout", 0, "o2"), None, False),
     "invalid, attempt misnamed": (("failed", "invalid", 5, "o2"), "honest", False),
     "invalid, another task's object": (("failed", "invalid", 0, "o2"), "other task", False),
@@ -366,6 +368,7 @@ def test_an_honest_answer_is_never_turned_into_a_failure(variant):
     assert not r.ok, f"recheck accepted the invented failure of ex2 ({variant})"
     expected_reason = {
         "timeout, no object named": "names no object to check",
+        "crashed, no object named": "names no object to check",
         "timeout, object withheld": "was not handed over",
         "invalid, attempt misnamed": "attributed to another attempt",
         "answered, attempt misnamed": "is not admissible",

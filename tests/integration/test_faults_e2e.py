@@ -10,6 +10,8 @@ so the faulty slot takes part in every call. Faults are swapped at run time with
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from _support import VERIFIER_BACKENDS, row_for_slot
@@ -157,6 +159,34 @@ def test_stalled_executor_times_out_and_is_replaced(cluster, faulty):
     assert d["timeouts"] == 1
     # A stall is still caught with the lane clock: the replica started at once (idle executor).
     cluster.inject_fault(FAULTY, "honest")
+    run_calls(1)
+
+
+def test_an_argument_that_cannot_reach_the_executors_fails_the_call_and_flags_no_one(cluster):
+    class DriverOnly:
+        """Pickles in the driver; refuses to be pickled again once unpickled elsewhere."""
+
+        def __init__(self, pid):
+            self.pid = pid
+
+        def __reduce__(self):
+            if os.getpid() != self.pid:
+                raise TypeError("this argument cannot leave the process it was unpickled in")
+            return (DriverOnly, (self.pid,))
+
+    def fates():
+        return {
+            r["executor"]: (r["status"], r["crashed"], r["timeouts"], r["invalid"])
+            for r in cluster.report().executors
+        }
+
+    before = fates()
+    with pytest.raises(bft_ray.VerificationError, match="could not be sent to any executor") as e:
+        bft_ray.get(affine.remote(DriverOnly(os.getpid()), 1), timeout=120)
+    assert "cannot leave the process" in str(e.value) and "no executor was flagged" in str(e.value)
+    # Before, each failed submission counted as the executor crashing: honest executors were
+    # flagged and killed for an argument the caller passed.
+    assert fates() == before
     run_calls(1)
 
 
