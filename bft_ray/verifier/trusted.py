@@ -511,13 +511,15 @@ class TrustedVerifier:
             self._active.pop(call.task_id, None)
         record = rep.state.record
         assert record is not None
-        # Replicas still constructing hold it too: the executor runs their constructor before
-        # any later call from here (Ray keeps per-caller order), and one that then answers
-        # differently or fails is dropped by the late judgement (rep.instance is set now,
-        # before any await, so _judge_late and _collect see it).
+        # Replicas still constructing may hold it too, so the instance waits for them (a
+        # constructor is built once; its holders should be known when it is): set now, before
+        # any await, so that _collect drops one that fails and the late judgement one that
+        # answers differently, as for any call on an instance.
         inst.holders = sorted(set(record.members) | set(rep.pending))
         inst.ever_used = set(rep.used_slots)
         rep.instance = inst
+        if rep.late is not None:
+            await rep.late
         self.instances[call.task_id] = inst
         self._store(call.task_id, ("ok", cert))
         if close_token is not None:
@@ -1539,10 +1541,11 @@ class TrustedVerifier:
             except OSError as exc:
                 logger.error("could not save trust state to %s: %s", self.trust_path, exc)
 
-    def _track(self, coro: Any) -> None:
+    def _track(self, coro: Any) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
 
 class _Replication:
@@ -1591,6 +1594,7 @@ class _Replication:
         self.declared_checker_price = plan.checker_cost if checker is not None else None
         self._checker_eid = ""
         self.rerun: tuple | None = None  # (fn key, args, kwargs): for canaries and taint
+        self.late: asyncio.Task | None = None  # judges the replicas still running at the verdict
 
     def describe(self) -> str:
         """Where the replicas of this call stand, for timeout messages."""
@@ -1885,7 +1889,7 @@ class _Replication:
         else:
             cert = self._issuer(record)
         if self.running:
-            self.v._track(self._judge_late())
+            self.late = self.v._track(self._judge_late())
         else:
             self._apply_final(self.state.final_record())
         if not self.alone:
