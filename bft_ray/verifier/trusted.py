@@ -480,8 +480,8 @@ class TrustedVerifier:
 
         Every honest constructor answers the same (``None``, or the same exception record), so
         the constructor's verdict is :class:`CallState`'s: a quorum that built it (the instance
-        exists, its holders are the agreeing replicas and those still constructing), or a
-        quorum that agrees it raised (the user's error). Failed replicas are replaced on spare
+        exists once every replica has answered; its holders are those that agree), or a quorum
+        that agrees it raised (the user's error). Failed replicas are replaced on spare
         executors as for a call. In BFT mode the verdict is a claim the group rechecks and
         commits like any other, so the holders of every instance are on the record, and the
         constructor has a certificate (``handle.certificate()``).
@@ -1798,10 +1798,8 @@ class _Replication:
             if inst is not None and slot.info.executor_id in inst.holders:
                 # Its replica missed this call, so its state is behind: rebuild it (unflagged).
                 inst.holders.remove(slot.info.executor_id)
-            return failed(
-                Expected(spec.task_id, spec.attempt, "-", "-", None),
-                Status.CRASHED,
-                f"{_UNSENT} {slot.info.executor_id} failed: {why}",
+            return _no_one(
+                spec.task_id, spec.attempt, f"{_UNSENT} {slot.info.executor_id} failed: {why}"
             )
         self.v.cost.execution(self.call.name, _ran_for(sent))
         if self.on_outcome is not None:
@@ -1815,13 +1813,7 @@ class _Replication:
         if len(picked) < k:
             # Contract of CallState: k replicas are counted as running; report the shortfall.
             for _ in range(k - len(picked)):
-                self._feed(
-                    failed(
-                        Expected(self.call.task_id, self.attempt, "-", "-", None),
-                        Status.CRASHED,
-                        "no executor available",
-                    )
-                )
+                self._feed(_no_one(self.call.task_id, self.attempt, "no executor available"))
             if not picked:
                 self.attempt += 1  # a wave of fillers only is still a wave (attempt = wave)
         self.start(picked)
@@ -2126,6 +2118,11 @@ def _agreed_exception(rep: Outcome, name: str) -> BaseException:
 
 
 _UNSENT = "submission to"  # the reason of a replica whose submission failed (see _collect)
+
+
+def _no_one(task_id: str, attempt: int, reason: str) -> Outcome:
+    """A replica that reached no executor: judged as ``"-"``'s, so no one is flagged."""
+    return failed(Expected(task_id, attempt, "-", "-", None), Status.CRASHED, reason)
 
 
 # Most replicas one Ray call to an executor carries. A batch answers as a whole, so a stall in
