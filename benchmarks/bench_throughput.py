@@ -6,7 +6,9 @@ Two measurements in one Ray session, both sides interleaved round by round:
   submitted all at once, then collected.
 
   - *verified*: ``@bft_ray.verified_remote(replicas=3, quorum=2, num_gpus=0)``, collected with
-    ``bft_ray.get`` (``.remote()`` returns plain ``ObjectRef``\\ s);
+    ``bft_ray.get`` (``.remote()`` returns plain ``ObjectRef``\\ s; in a burst they come from
+    the result desk and the calls reach the verifier in batches, see ``bft_ray.submission``;
+    each round records how many calls went direct and how many in how many batches);
   - *plain*: the same number of plain Ray actors as executors, each with the same resources
     (1 CPU, no GPU, retries off, ``max_concurrency=1``), running 3 calls per logical call on
     3 distinct actors (3,000 actor calls), collected with ``ray.get``.
@@ -119,13 +121,19 @@ def plain_burst(actors: list, n: int) -> dict:
 
 
 def verified_burst(n: int) -> dict:
+    submitter = bft_ray.current_cluster()._submitter
+    before = dict(submitter.counters)
     t0, c0 = time.perf_counter(), time.process_time()
     refs = [verified_inc.remote(i) for i in range(n)]
     t1, c1 = time.perf_counter(), time.process_time()
     values = bft_ray.get(refs, timeout=600)
     t2, c2 = time.perf_counter(), time.process_time()
     assert values == [i + 1 for i in range(n)]
-    return _burst_row(n, t0, t1, t2, c0, c1, c2, actor_calls=n)
+    row = _burst_row(n, t0, t1, t2, c0, c1, c2, actor_calls=n)
+    # How the calls reached the verifier (bft_ray.submission): direct, or batched via the
+    # result desk (one desk call per call, one submit_many per batch).
+    row["submission"] = {k: submitter.counters[k] - before[k] for k in before}
+    return row
 
 
 def _burst_row(n, t0, t1, t2, c0, c1, c2, actor_calls) -> dict:
@@ -239,7 +247,7 @@ def _dirty() -> bool | None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=1000, help="logical calls per burst")
-    parser.add_argument("--rounds", type=int, default=3, help="bursts per side (median taken)")
+    parser.add_argument("--rounds", type=int, default=5, help="bursts per side (median taken)")
     parser.add_argument("--latency-samples", type=int, default=30, help="50 ms calls per side")
     parser.add_argument("--quick", action="store_true", help="smoke run: 200 calls, fewer rounds")
     args = parser.parse_args()

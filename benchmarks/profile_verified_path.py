@@ -686,9 +686,11 @@ def live_profile(calls: int, rate: int, pyspy_flags: list[str] | None) -> dict[s
             verifier_pid = int(info.get("Pid") or 0) if isinstance(info, dict) else 0
             verifier_pid = verifier_pid or _named_descendants("TrustedVerifier")[0]
             control = _named_descendants("raylet/raylet") + _named_descendants("gcs/gcs_server")
+            desk_pid = ray.get(cluster._desk.__ray_call__.remote(lambda _self: os.getpid()))
             procs_v = {
                 "driver": [os.getpid()],
                 "verifier": [verifier_pid],
+                "result desk": [desk_pid],
                 "executors (4, sum)": executor_pids,
                 "raylet + gcs": control,
             }

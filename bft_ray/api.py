@@ -55,12 +55,14 @@ from bft_ray.executor import guard
 from bft_ray.executor.actor import inside_executor
 from bft_ray.executor.pool import create_pool, local_gpu_count
 from bft_ray.report import Report
+from bft_ray.submission import Submitter
 from bft_ray.trust.plans import CheckerCall, Replicate, plan_from
 from bft_ray.trust.reputation import QuarantinePolicy
 from bft_ray.verifier.certificate import Certificate, FunctionId
 from bft_ray.verifier.group import BftVerifier, GroupSetup
 from bft_ray.verifier.group import actor_name as group_actor_name
 from bft_ray.verifier.records import CallMeta
+from bft_ray.verifier.results import ResultDesk
 from bft_ray.verifier.trust_state import AgreedStanding, TrustRules, agree
 from bft_ray.verifier.trust_state import trust_report as committed_trust_report
 from bft_ray.verifier.trusted import CallSpec, TrustedVerifier, admin_capability
@@ -130,10 +132,13 @@ class BftCluster:
         name: str = "default",
         verifier_keys: list[bytes] | None = None,
         keep: int = 100_000,
+        desk: Any = None,
     ) -> None:
         self.spec = spec
         self.name = name
         self._verifier = verifier
+        self._desk = desk  # the result desk of batched calls (None: every call goes direct)
+        self._submitter = Submitter(verifier, desk)
         self._started_ray = started_ray
         self._setup = setup
         self._verifier_keys: list[bytes] = verifier_keys or [ray.get(verifier.public_key.remote())]
@@ -485,6 +490,7 @@ class BftCluster:
         if self.closed:
             return
         self.closed = True
+        self._submitter.close()  # queued calls reach the verifier first
         if not self.owner:
             with _lock:
                 if _cluster is self:
@@ -503,10 +509,12 @@ class BftCluster:
                 ray.kill(h, no_restart=True)
             except Exception:
                 pass
-        try:
-            ray.kill(self._verifier, no_restart=True)
-        except Exception:
-            pass
+        for actor in (self._verifier, self._desk):
+            try:
+                if actor is not None:
+                    ray.kill(actor, no_restart=True)
+            except Exception:
+                pass
         with _lock:
             if _cluster is self:
                 _cluster = None
@@ -749,6 +757,19 @@ def init(
             spec=spec,
         )
     )
+    # Hands out the values of calls the driver sends in batches (see bft_ray.submission).
+    desk = (
+        ray.remote(ResultDesk)
+        .options(
+            num_cpus=0,
+            max_restarts=0,
+            max_concurrency=100_000,
+            scheduling_strategy=on_driver_node,
+            name=_desk_name(name),
+            namespace=NAMESPACE,
+        )
+        .remote(verifier)
+    )
     group: list[Any] = []
     keys: list[bytes] | None = None
     if spec.verifiers > 1:
@@ -756,11 +777,20 @@ def init(
             group, keys = _start_group(spec, name, verifier, admin_capability(setup.master))
         except BaseException:
             ray.kill(verifier, no_restart=True)
+            ray.kill(desk, no_restart=True)
             if started:
                 ray.shutdown()
             raise
+    ray.get(desk.start.remote(), timeout=120)
     cluster = BftCluster(
-        spec, verifier, started, setup, name=name, keep=keep_certificates, verifier_keys=keys
+        spec,
+        verifier,
+        started,
+        setup,
+        name=name,
+        keep=keep_certificates,
+        verifier_keys=keys,
+        desk=desk,
     )
     cluster._group = group
     with _lock:
@@ -831,6 +861,10 @@ def _actor_name(name: str) -> str:
     return f"verifier:{name}"
 
 
+def _desk_name(name: str) -> str:
+    return f"results:{name}"
+
+
 def _attach(name: str) -> BftCluster | None:
     """An attached handle to the running bft-ray cluster ``name``, or ``None`` if none runs."""
     try:
@@ -841,8 +875,18 @@ def _attach(name: str) -> BftCluster | None:
     guard.install()
     for actor_id in info["executor_actor_ids"]:
         guard.guard_actor(bytes.fromhex(actor_id))
+    try:
+        desk = ray.get_actor(_desk_name(name), namespace=NAMESPACE)
+    except ValueError:
+        desk = None  # every call of this process then goes direct
     return BftCluster(
-        info["spec"], verifier, False, None, name=name, verifier_keys=info["verifier_keys"]
+        info["spec"],
+        verifier,
+        False,
+        None,
+        name=name,
+        verifier_keys=info["verifier_keys"],
+        desk=desk,
     )
 
 
@@ -1296,10 +1340,7 @@ class VerifiedFunction:
             plan,
             checker_key,
         )
-        submit = cluster._verifier.submit
-        if self.num_returns != 1:
-            submit = submit.options(num_returns=self.num_returns)
-        refs = submit.remote(call, fn_key, a, kw)
+        refs = cluster._submitter.submit(call, fn_key, a, kw)
         first = refs[0] if isinstance(refs, list) else refs
         cluster._remember(first.task_id().hex(), task_id)
         return refs

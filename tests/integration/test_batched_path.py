@@ -1,0 +1,129 @@
+"""Bursts of verified calls take the batched path (result desk + submit_many) on Ray, and keep
+every promise of the direct path: Ray refs, certificates, user errors, num_returns, a liar
+outvoted, and no call left hanging when the verifier dies (see ``bft_ray.submission``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import ray
+
+import bft_ray
+from bft_ray.errors import VerificationError
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_module):
+    c = bft_ray.init(executors=4, quarantine_below=0.0, faults={3: "bitflip"})
+    yield c
+    c.shutdown()
+
+
+@bft_ray.verified_remote(replicas=3)
+def square(x):
+    return x * x
+
+
+@bft_ray.verified_remote(replicas=3, num_returns=2)
+def split(x):
+    return x, -x
+
+
+@bft_ray.verified_remote(replicas=3)
+def fails_on_odd(x):
+    if x % 2:
+        raise KeyError(f"odd {x}")
+    return x
+
+
+def _burst(fn, n: int) -> list:
+    return [fn.remote(i) for i in range(n)]
+
+
+def test_a_burst_is_batched_and_its_refs_are_ray_refs_with_certificates(cluster):
+    before = dict(cluster._submitter.counters)
+    refs = _burst(square, 200)
+    after = cluster._submitter.counters
+    assert after["batched"] - before["batched"] >= 150  # all but the first few
+    assert all(type(r) is ray.ObjectRef for r in refs)
+    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=120)
+    assert len(ready) == len(refs)
+    assert not pending
+    # Executor 3 flips bits in every answer it gives: it is outvoted, never the value.
+    assert ray.get(refs) == [i * i for i in range(200)]
+    keys = cluster.verifier_keys()
+    for ref in (refs[1], refs[100], refs[-1]):
+        cert = bft_ray.certificate(ref)
+        assert cert.task_id == bft_ray.task_id(ref)
+        assert bft_ray.verify_certificate(cert, keys, task_id=bft_ray.task_id(ref))
+    assert ray.get(cluster._desk.stats.remote())["waiting"] == 0
+
+
+def test_batched_refs_feed_plain_ray_tasks_and_asyncio(cluster):
+    @ray.remote
+    def total(*xs):
+        return sum(xs)
+
+    refs = _burst(square, 20)
+    assert ray.get(total.remote(*refs), timeout=120) == sum(i * i for i in range(20))
+
+    async def main():
+        return await asyncio.gather(*[square.remote(i) for i in range(10)])
+
+    assert asyncio.run(main()) == [i * i for i in range(10)]
+
+
+def test_user_errors_in_a_burst_keep_their_type_and_the_users_frames(cluster):
+    refs = _burst(fails_on_odd, 20)
+    for i, ref in enumerate(refs):
+        if i % 2 == 0:
+            assert ray.get(ref, timeout=120) == i
+            continue
+        with pytest.raises(KeyError) as info:
+            ray.get(ref, timeout=120)
+        assert "fails_on_odd" in str(info.value) and f"odd {i}" in str(info.value)
+    assert cluster._submitter.counters["batched"] > 0
+
+
+def test_num_returns_in_a_burst(cluster):
+    pairs = [split.remote(i) for i in range(30)]
+    assert [ray.get(p, timeout=120) for p in pairs] == [[i, -i] for i in range(30)]
+    cert = bft_ray.certificate(pairs[-1][1])
+    assert bft_ray.verify_certificate(cert, cluster.verifier_keys())
+
+
+def test_the_liar_is_flagged_on_batched_calls_and_no_honest_executor_is(cluster):
+    bft_ray.get(_burst(square, 60), timeout=120)
+    rows = {r["slot"]: r for r in cluster.report().executors}
+    liar = [r for r in rows.values() if r["fault"] == "bitflip"]
+    assert liar and all(r["flagged"] > 0 for r in liar)
+    assert all(r["flagged"] == 0 for r in rows.values() if r["fault"] != "bitflip")
+
+
+def test_calls_waiting_at_the_desk_fail_when_the_verifier_dies(ray_module):
+    bft_ray.shutdown()  # one cluster per process: this module's is done (keep this test last)
+    c = bft_ray.init(executors=2, name="doomed", quarantine_below=0.0)
+    try:
+
+        @bft_ray.verified_remote(replicas=2)
+        def slow(x):
+            import time
+
+            time.sleep(2)
+            return x
+
+        handles = [e["handle"] for e in c.executor_handles()]
+        refs = [slow.remote(i) for i in range(6)]
+        assert c._submitter.counters["batched"] >= 4
+        ray.get(c._desk.stats.remote())  # the batch is in
+        ray.kill(c._verifier, no_restart=True)
+        for ref in refs[1:]:  # refs[0] went direct: the verifier's own call, ActorDiedError
+            with pytest.raises(VerificationError, match="verifier died"):
+                ray.get(ref, timeout=60)
+    finally:
+        for h in handles:
+            ray.kill(h, no_restart=True)
+        c.shutdown()
