@@ -65,7 +65,12 @@ from bft_ray.verifier.records import CallMeta
 from bft_ray.verifier.results import ResultDesk
 from bft_ray.verifier.trust_state import AgreedStanding, TrustRules, agree
 from bft_ray.verifier.trust_state import trust_report as committed_trust_report
-from bft_ray.verifier.trusted import CallSpec, TrustedVerifier, admin_capability
+from bft_ray.verifier.trusted import (
+    CallSpec,
+    TrustedVerifier,
+    admin_capability,
+    desk_capability,
+)
 
 __all__ = [
     "BftCluster",
@@ -768,7 +773,7 @@ def init(
             name=_desk_name(name),
             namespace=NAMESPACE,
         )
-        .remote(verifier)
+        .remote(verifier, desk_capability(setup.master))
     )
     group: list[Any] = []
     keys: list[bytes] | None = None

@@ -10,8 +10,9 @@ machine the verifier spent about 0.5 ms of CPU just receiving each ``submit``, a
 process. A burst call therefore takes the batched path instead:
 
 1. the caller's ref comes from a call to the result desk
-   (:class:`~bft_ray.verifier.results.ResultDesk`, another process): ``result(task_id)``,
-   which waits for the verdict; so ``.remote()`` still returns a real ``ObjectRef`` at once;
+   (:class:`~bft_ray.verifier.results.ResultDesk`, another process): ``result(ticket)``, a
+   random secret of this call's, which waits for the verdict; so ``.remote()`` still returns a
+   real ``ObjectRef`` at once;
 2. the call itself (pickled here, so an argument that cannot be pickled fails in the caller's
    ``.remote()``, as on the direct path) joins a queue that one background thread sends to the
    verifier's ``submit_many``, **one batch in flight at a time**: while the verifier takes in
@@ -38,6 +39,7 @@ from __future__ import annotations
 import atexit
 import io
 import logging
+import secrets
 import threading
 import time
 from typing import Any
@@ -89,7 +91,7 @@ class Submitter:
         self.max_batch = max_batch
         self.max_entry_bytes = max_entry_bytes
         self._cv = threading.Condition()
-        self._queue: list[tuple[str, str, bytes]] = []
+        self._queue: list[tuple[str, str, str, bytes]] = []
         self._in_flight = False
         self._last = float("-inf")
         self._closed = False
@@ -109,9 +111,11 @@ class Submitter:
                 result = self._desk.result
                 if n != 1:
                     result = result.options(num_returns=n)
-                refs = result.remote(call.task_id)
+                # A secret per call, not the task id, which executors see (see submit_many).
+                ticket = secrets.token_hex(16)
+                refs = result.remote(ticket)
                 first = refs[0] if isinstance(refs, list) else refs
-                self._enqueue((call.task_id, first.task_id().hex(), blob))
+                self._enqueue((call.task_id, first.task_id().hex(), ticket, blob))
                 return refs
         self.counters["direct"] += 1
         submit = self._verifier.submit
@@ -135,7 +139,7 @@ class Submitter:
         data = buf.getvalue()
         return data if len(data) <= self.max_entry_bytes else None
 
-    def _enqueue(self, entry: tuple[str, str, bytes]) -> None:
+    def _enqueue(self, entry: tuple[str, str, str, bytes]) -> None:
         with self._cv:
             if self._thread is None:
                 self._thread = threading.Thread(

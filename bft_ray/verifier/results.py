@@ -4,7 +4,7 @@ Why it exists: a Ray actor call is the only way to hand a caller a real ``Object
 and on the verified path that call used to be the verifier's ``submit`` itself, one Ray call per
 verified call. Ray's cost per actor call (about 0.5 ms of CPU for the receiving process) then
 dominated the verifier's work, and the verifier is one process. Under a burst the driver now
-makes the ref with a call to this desk instead (``result(task_id)``, a string argument, in
+makes the ref with a call to this desk instead (``result(ticket)``, a random secret, in
 another process) and sends the calls themselves to the verifier in batches
 (``TrustedVerifier.submit_many``, see ``bft_ray.submission``). The verifier decides each call
 exactly as before; the desk pulls the verdicts in batches (``take_deliveries``); ``result`` returns
@@ -48,7 +48,8 @@ class Delivery:
     """One decided call, as the verifier hands it to the desk.
 
     Attributes:
-        task_id: The bft-ray task id (the key the caller's ``result`` call waits on).
+        ticket: The caller's secret for this call (the key its ``result`` call waits on; see
+            ``TrustedVerifier.submit_many`` for why it is not the task id).
         status: ``ok`` or ``error``.
         payload: For ``ok``, the accepted answer's certified wire bytes; for ``error``, the
             exception to raise (what ``submit`` would have raised).
@@ -56,7 +57,7 @@ class Delivery:
             gets one item of the encoded sequence (the verifier checked its length).
     """
 
-    task_id: str
+    ticket: str
     status: str
     payload: Any
     num_returns: int = 1
@@ -73,13 +74,16 @@ class ResultDesk:
 
     Args:
         verifier: Handle of the verifier (or dispatcher) actor whose verdicts come here.
+        capability: The desk's capability for ``take_deliveries``
+            (``bft_ray.verifier.trusted.desk_capability``).
     """
 
-    def __init__(self, verifier: Any) -> None:
+    def __init__(self, verifier: Any, capability: bytes) -> None:
         from bft_ray.executor import guard
 
         guard.install()  # it reads no executor object, but keep the rule of trusted processes
         self._verifier = verifier
+        self._capability = capability
         self._waiting: dict[str, asyncio.Future] = {}
         self._unclaimed: OrderedDict[str, Delivery] = OrderedDict()
         self._dropped: OrderedDict[str, None] = OrderedDict()  # asks that were cancelled
@@ -95,7 +99,7 @@ class ResultDesk:
     async def _pull_loop(self) -> None:
         try:
             while True:
-                batch = await self._verifier.take_deliveries.remote()
+                batch = await self._verifier.take_deliveries.remote(self._capability)
                 if batch is None:
                     cause: BaseException = VerificationError(
                         "the bft-ray cluster was shut down before this call was decided"
@@ -116,38 +120,38 @@ class ResultDesk:
 
     def _hand(self, d: Delivery) -> None:
         self.counters["delivered"] += 1
-        if self._dropped.pop(d.task_id, "absent") is None:
+        if self._dropped.pop(d.ticket, "absent") is None:
             return  # its ask was cancelled
-        fut = self._waiting.get(d.task_id)
+        fut = self._waiting.get(d.ticket)
         if fut is not None and not fut.done():
             fut.set_result(d)
             return
         # The caller's ask has not arrived yet (another Ray call, from another process): keep
         # the verdict until it does.
-        self._unclaimed[d.task_id] = d
+        self._unclaimed[d.ticket] = d
         while len(self._unclaimed) > _KEEP_UNCLAIMED:
             old, _ = self._unclaimed.popitem(last=False)
             logger.warning("result of %s was never asked for; dropped", old)
 
-    async def result(self, task_id: str) -> Any:
-        """The value of call ``task_id`` once delivered (or its error, raised)."""
+    async def result(self, ticket: str) -> Any:
+        """The value of the call with this ticket once delivered (or its error, raised)."""
         await self.start()
-        delivery = self._unclaimed.pop(task_id, None)
+        delivery = self._unclaimed.pop(ticket, None)
         if delivery is None:
             if self._dead is not None:
                 raise self._dead
-            fut = self._waiting.get(task_id)
+            fut = self._waiting.get(ticket)
             if fut is None:
-                fut = self._waiting[task_id] = asyncio.get_running_loop().create_future()
+                fut = self._waiting[ticket] = asyncio.get_running_loop().create_future()
             try:
                 delivery = await fut
             except asyncio.CancelledError:
-                self._dropped[task_id] = None  # ray.cancel on the ref: drop its delivery
+                self._dropped[ticket] = None  # ray.cancel on the ref: drop its delivery
                 while len(self._dropped) > _KEEP_UNCLAIMED:
                     self._dropped.popitem(last=False)
                 raise
             finally:
-                self._waiting.pop(task_id, None)
+                self._waiting.pop(ticket, None)
         self.counters["handed_out"] += 1
         if delivery.status != "ok":
             raise delivery.payload

@@ -103,7 +103,7 @@ from bft_ray.verifier.records import (
 from bft_ray.verifier.results import Delivery
 from bft_ray.verifier.trust_state import agree, blocked, function_key
 
-__all__ = ["CallSpec", "TrustedVerifier", "admin_capability"]
+__all__ = ["CallSpec", "TrustedVerifier", "admin_capability", "desk_capability"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,13 @@ logger = logging.getLogger(__name__)
 def admin_capability(master: bytes) -> bytes:
     """The driver's capability for steering methods of the verifier."""
     return slot_capability(master, "driver/admin")
+
+
+def desk_capability(master: bytes) -> bytes:
+    """The result desk's capability for taking verdicts from the verifier (``take_deliveries``):
+    any Ray worker, an executor included, can call the verifier, and a caller that took
+    deliveries away from the desk would leave their callers waiting."""
+    return slot_capability(master, "driver/result-desk")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +199,7 @@ class TrustedVerifier:
         guard.install()
         self.pool = ExecutorPool(setup)
         self._admin = admin_capability(setup.master)
+        self._desk_capability = desk_capability(setup.master)
         self.quarantine = quarantine or QuarantinePolicy(below=0.0)
         self.verifier_id = verifier_id
         self._key = SigningKey.generate()
@@ -361,32 +369,37 @@ class TrustedVerifier:
     async def submit_many(self, entries: list[tuple[str, str, bytes]]) -> int:
         """Take in a batch of function calls; their verdicts go to the result desk.
 
-        Each entry is ``(task id, Ray task id hex of the caller's ref, pickled (call, fn key,
-        args, kwargs))``, made by the driver's :class:`~bft_ray.submission.Submitter` for calls
-        with inline arguments only. Each call is verified exactly as by :meth:`submit`; its
-        value or error is delivered to :class:`~bft_ray.verifier.results.ResultDesk`, whose
-        ``result`` call made the caller's ref. Returns once every entry is taken in (not
-        decided), which paces the submitter to one batch in flight.
+        Each entry is ``(task id, Ray task id hex of the caller's ref, ticket, pickled (call,
+        fn key, args, kwargs))``, made by the driver's :class:`~bft_ray.submission.Submitter`
+        for calls with inline arguments only. Each call is verified exactly as by
+        :meth:`submit`; its value or error is delivered under its ticket to
+        :class:`~bft_ray.verifier.results.ResultDesk`, whose ``result(ticket)`` call made the
+        caller's ref. The ticket is a random secret of the caller's, never the task id: the
+        executors see task ids, and one that asked the desk for a task's result would take it
+        from its caller. Returns once every entry is taken in (not decided), which paces the
+        submitter to one batch in flight.
         """
-        for task_id, ray_task, blob in entries:
+        for task_id, ray_task, ticket, blob in entries:
             self._by_ray_task[ray_task] = task_id
             try:
                 call, fn_key, args, kwargs = pickle.loads(blob)  # the driver's own bytes
                 work = self._call_work(call, fn_key, args, kwargs)
             except Exception as exc:
-                self._deliver(Delivery(task_id, "error", exc))
+                self._deliver(Delivery(ticket, "error", exc))
                 continue
-            self._track(self._decide_and_deliver(call, work, ray_task))
+            self._track(self._decide_and_deliver(call, work, ray_task, ticket))
         return len(entries)
 
-    async def _decide_and_deliver(self, call: CallSpec, work: Any, ray_task: str) -> None:
+    async def _decide_and_deliver(
+        self, call: CallSpec, work: Any, ray_task: str, ticket: str
+    ) -> None:
         try:
             returns = await self._verdict(call, work, ray_task)
         except Exception as exc:
-            self._deliver(Delivery(call.task_id, "error", exc))
+            self._deliver(Delivery(ticket, "error", exc))
             return
         data = returns.data if isinstance(returns, WireValue) else returns[0].data
-        self._deliver(Delivery(call.task_id, "ok", data, call.num_returns))
+        self._deliver(Delivery(ticket, "ok", data, call.num_returns))
 
     def _deliver(self, d: Delivery) -> None:
         if d.status == "error":
@@ -394,7 +407,7 @@ class TrustedVerifier:
                 pickle.dumps(d.payload)  # one unpicklable error must not sink a whole batch
             except Exception as exc:
                 d = Delivery(
-                    d.task_id,
+                    d.ticket,
                     "error",
                     VerificationError(f"{d.payload!r} (its error could not be sent: {exc})"),
                 )
@@ -402,11 +415,16 @@ class TrustedVerifier:
         if self._delivery_wait is not None and not self._delivery_wait.done():
             self._delivery_wait.set_result(None)
 
-    async def take_deliveries(self) -> list[Delivery] | None:
+    async def take_deliveries(self, capability: bytes) -> list[Delivery] | None:
         """The verdicts decided since the last take (the result desk long-polls this).
 
-        Waits until there is at least one; ``None`` once the cluster shuts down.
+        Waits until there is at least one; ``None`` once the cluster shuts down. Needs the
+        desk's capability (:func:`desk_capability`).
         """
+        if not isinstance(capability, bytes) or not hmac.compare_digest(
+            capability, self._desk_capability
+        ):
+            raise CapabilityError("take_deliveries needs the result desk's capability")
         while not self._deliveries and not self._shut:
             self._delivery_wait = asyncio.get_running_loop().create_future()
             await self._delivery_wait

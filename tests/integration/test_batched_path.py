@@ -103,6 +103,38 @@ def test_the_liar_is_flagged_on_batched_calls_and_no_honest_executor_is(cluster)
     assert all(r["flagged"] == 0 for r in rows.values() if r["fault"] != "bitflip")
 
 
+def test_a_worker_that_knows_the_task_ids_cannot_take_their_results(cluster):
+    # Executors see the task ids of the calls they run, and any Ray worker can call a named
+    # actor: one that asked the desk for those tasks' results, or took verdicts from the
+    # verifier, would leave the real callers waiting forever.
+    @bft_ray.verified_remote(replicas=3)
+    def nap(x):
+        import time
+
+        time.sleep(0.3)
+        return x
+
+    refs = [nap.remote(i) for i in range(8)]
+    task_ids = [bft_ray.task_id(r) for r in refs]
+
+    @ray.remote(num_cpus=0)
+    def thief(ids):
+        desk = ray.get_actor("results:default", namespace="bft_ray")
+        verifier = ray.get_actor("verifier:default", namespace="bft_ray")
+        try:
+            ray.get(verifier.take_deliveries.remote(b"\0" * 32), timeout=30)
+            took = "took deliveries"
+        except Exception as exc:
+            took = str(exc)
+        stolen = [desk.result.remote(t) for t in ids]
+        ready, _ = ray.wait(stolen, num_returns=len(stolen), timeout=5)
+        return took, len(ready)
+
+    took, stolen = ray.get(thief.remote(task_ids), timeout=120)
+    assert "capability" in took and stolen == 0
+    assert ray.get(refs, timeout=120) == list(range(8))
+
+
 def test_calls_waiting_at_the_desk_fail_when_the_verifier_dies(ray_module):
     bft_ray.shutdown()  # one cluster per process: this module's is done (keep this test last)
     c = bft_ray.init(executors=2, name="doomed", quarantine_below=0.0)

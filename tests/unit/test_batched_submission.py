@@ -90,8 +90,11 @@ def test_a_quiet_call_goes_direct_and_a_burst_goes_to_the_desk_in_batches():
     first = s.submit(_call("t0"), "fn", [1], {})
     assert log[0][0] == "submit" and first.name == "submit1"
     refs = [s.submit(_call(f"t{i}"), "fn", [i], {}) for i in range(1, 6)]
-    # Each burst call's ref is the desk's result call for that task id.
-    assert [args for name, args in log if name == "result"] == [(f"t{i}",) for i in range(1, 6)]
+    # Each burst call's ref is the desk's result call for a secret ticket of its own, never its
+    # task id (executors see task ids: one could ask the desk for another caller's result).
+    tickets = [args[0] for name, args in log if name == "result"]
+    assert len(set(tickets)) == 5 and not set(tickets) & {f"t{i}" for i in range(6)}
+    assert all(len(t) == 32 for t in tickets)
     _wait_until(lambda: len(_batches(log)) == 1)
     for _ in range(3):
         s.release.release()
@@ -100,7 +103,8 @@ def test_a_quiet_call_goes_direct_and_a_burst_goes_to_the_desk_in_batches():
     assert [e[0] for e in entries] == [f"t{i}" for i in range(1, 6)]
     # The entry names the Ray task of the caller's ref and carries the pickled call.
     assert [e[1] for e in entries] == [f"task-{r.name}" for r in refs]
-    call, fn_key, args, kwargs = pickle.loads(entries[2][2])
+    assert [e[2] for e in entries] == tickets
+    call, fn_key, args, kwargs = pickle.loads(entries[2][3])
     assert (call.task_id, fn_key, args, kwargs) == ("t3", "fn", [3], {})
     assert s.counters == {"direct": 1, "batched": 5, "batches": len(_batches(log))}
     s.close()
@@ -184,8 +188,10 @@ class _Verifier:
     def __init__(self) -> None:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.take_deliveries = SimpleNamespace(remote=self._take)
+        self.capabilities: list = []
 
-    async def _take(self):
+    async def _take(self, capability):
+        self.capabilities.append(capability)
         item = await self.queue.get()
         if isinstance(item, BaseException):
             raise item
@@ -203,13 +209,14 @@ def _wire(value) -> bytes:
 def test_each_caller_gets_its_own_verdict_whichever_arrives_first():
     async def main():
         v = _Verifier()
-        desk = ResultDesk(v)
+        desk = ResultDesk(v, b"cap")
         await desk.start()
         early = asyncio.ensure_future(desk.result("a"))
         await asyncio.sleep(0)
         await v.queue.put([Delivery("b", "ok", _wire(20)), Delivery("a", "ok", _wire(10))])
         await asyncio.sleep(0.01)
         late = await desk.result("b")  # its verdict came before its ask
+        assert v.capabilities and set(v.capabilities) == {b"cap"}  # the desk's own, each poll
         return await early, late, await desk.stats()
 
     early, late, stats = _run(main())
@@ -221,7 +228,7 @@ def test_each_caller_gets_its_own_verdict_whichever_arrives_first():
 def test_an_error_verdict_is_raised_and_num_returns_splits_the_value():
     async def main():
         v = _Verifier()
-        desk = ResultDesk(v)
+        desk = ResultDesk(v, b"cap")
         await desk.start()
         await v.queue.put(
             [
@@ -241,7 +248,7 @@ def test_an_error_verdict_is_raised_and_num_returns_splits_the_value():
 def test_a_dead_verifier_fails_every_waiting_and_later_call():
     async def main():
         v = _Verifier()
-        desk = ResultDesk(v)
+        desk = ResultDesk(v, b"cap")
         await desk.start()
         waiting = [asyncio.ensure_future(desk.result(f"t{i}")) for i in range(3)]
         await asyncio.sleep(0)
@@ -261,7 +268,7 @@ def test_a_dead_verifier_fails_every_waiting_and_later_call():
 def test_shutdown_fails_waiting_calls_with_a_message_that_says_so():
     async def main():
         v = _Verifier()
-        desk = ResultDesk(v)
+        desk = ResultDesk(v, b"cap")
         await desk.start()
         waiting = asyncio.ensure_future(desk.result("t"))
         await asyncio.sleep(0)
@@ -275,7 +282,7 @@ def test_shutdown_fails_waiting_calls_with_a_message_that_says_so():
 def test_a_cancelled_ask_drops_its_verdict_instead_of_keeping_it_forever():
     async def main():
         v = _Verifier()
-        desk = ResultDesk(v)
+        desk = ResultDesk(v, b"cap")
         await desk.start()
         ask = asyncio.ensure_future(desk.result("t"))
         await asyncio.sleep(0)
