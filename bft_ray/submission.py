@@ -52,6 +52,15 @@ __all__ = ["Submitter"]
 logger = logging.getLogger(__name__)
 
 
+def _client_mode() -> bool:
+    try:
+        from ray.util.client import ray as client
+
+        return bool(client.is_connected())
+    except Exception:
+        return False
+
+
 class _HoldsRef(Exception):
     """Raised while pickling a call that holds an ObjectRef or an actor handle."""
 
@@ -86,7 +95,8 @@ class Submitter:
         max_entry_bytes: int = 64 << 10,
     ) -> None:
         self._verifier = verifier
-        self._desk = desk
+        # Through the Ray client (ray://) handles and refs pickle differently: go direct.
+        self._desk = None if _client_mode() else desk
         self.window_s = window_s
         self.max_batch = max_batch
         self.max_entry_bytes = max_entry_bytes

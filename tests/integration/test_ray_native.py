@@ -298,6 +298,12 @@ def test_a_second_driver_attaches_by_name(cluster, tmp_path):
             ref = mul.remote(6, 7)
             cert = bft_ray.certificate(ref)
             ok = bft_ray.verify_certificate(cert, c.verifier_keys(), value=42)
+            # A burst from this process goes through the cluster's result desk too.
+            burst = [mul.remote(i, 2) for i in range(30)]
+            assert bft_ray.get(burst, timeout=120) == [2 * i for i in range(30)]
+            assert c._submitter.counters["batched"] > 0, c._submitter.counters
+            last = bft_ray.certificate(burst[-1])
+            ok = ok and bft_ray.verify_certificate(last, c.verifier_keys(), value=58)
             try:
                 c.inject_fault(0, "zeros")
                 steer = "allowed"
