@@ -222,6 +222,8 @@ class TrustedVerifier:
         self._close_tokens: dict[str, bytes] = {}
         self._ready: dict[str, asyncio.Future] = {}  # instance id -> built (see _instance_ready)
         self._closed: set[str] = set()  # closed instance ids (later calls fail, not wait)
+        # BFT mode: signed claims waiting to leave for the verifiers (see _send_claim).
+        self._claim_outbox: list[tuple[bytes, list, list[asyncio.Future]]] = []
         # Verdicts of batched calls (submit_many), until the result desk takes them.
         self._deliveries: list[Delivery] = []
         self._delivery_wait: asyncio.Future | None = None
@@ -1270,7 +1272,7 @@ class TrustedVerifier:
         claim = rep.claim(decision)
         entry = claim.sign(self._key).encode()
         refs = [sent.ref for _, sent, _ in rep.trail.values() if sent.ref is not None]
-        acks = [_as_future(v.submit_claim.remote(entry, refs)) for v in self.group]
+        acks = self._send_claim(entry, refs)
         n = len(self.group_keys)
         f = (n - 1) // 3
         known = set(self.group_keys)
@@ -1349,6 +1351,32 @@ class TrustedVerifier:
             f"{rep.call.name} ({claim.task_id}): the verifier group did not certify the verdict: "
             f"{why}: {'; '.join(refusals[:4]) or 'no answer'}. Check cluster.verifier_status()."
         )
+
+    def _send_claim(self, entry: bytes, refs: list) -> list[asyncio.Future]:
+        """Queue a signed claim for every verifier; one future per verifier for its answer.
+
+        Claims queued in one turn of the event loop leave together, one ``submit_claims`` call
+        per verifier (see ``_flush_claims``).
+        """
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future() for _ in self.group or ()]
+        self._claim_outbox.append((entry, refs, futs))
+        if len(self._claim_outbox) == 1:
+            loop.call_soon(self._flush_claims)
+        return futs
+
+    def _flush_claims(self) -> None:
+        batch, self._claim_outbox = self._claim_outbox, []
+        if not batch:
+            return
+        items = [(entry, refs) for entry, refs, _ in batch]
+        for i, v in enumerate(self.group or ()):
+            try:
+                answer = _as_future(v.submit_claims.remote(items))
+            except Exception as exc:  # could not even be sent: that verifier failed them all
+                answer = asyncio.get_running_loop().create_future()
+                answer.set_exception(exc)
+            answer.add_done_callback(functools.partial(_hand_out, [f[i] for _, _, f in batch]))
 
     def _signatures(self, by_key: dict[bytes, bytes]) -> tuple[VerifierSignature, ...]:
         """A certificate's verifier signatures, in the group's index order."""
@@ -2318,6 +2346,26 @@ def _submit(method: Any, *args: Any, **kwargs: Any) -> Any:
         return method.remote(*args, **kwargs)
     except Exception as exc:
         return exc
+
+
+def _hand_out(futs: list[asyncio.Future], answer: asyncio.Future) -> None:
+    """Settle one verifier's future of each claim of a batch from its list of answers."""
+    if answer.cancelled():
+        results: Any = asyncio.CancelledError()
+    else:
+        results = answer.exception()
+        if results is None:
+            results = answer.result()
+            if not isinstance(results, list) or len(results) != len(futs):
+                results = VerificationError("a verifier answered a batch of claims out of shape")
+    for k, fut in enumerate(futs):
+        if fut.done():
+            continue
+        if isinstance(results, BaseException):
+            fut.set_exception(results)
+            fut.exception()  # an ack nobody waits for any more (quorum reached) is not an error
+        else:
+            fut.set_result(results[k])
 
 
 def _as_future(ref: Any) -> asyncio.Future:
