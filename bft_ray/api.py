@@ -741,39 +741,30 @@ def init(
     on_driver_node = NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=False
     )
-    verifier = (
-        ray.remote(TrustedVerifier)
-        .options(
+
+    def trusted_actor(cls: type, actor_name: str, concurrency: int) -> Any:
+        return ray.remote(cls).options(
             num_cpus=0,
             max_restarts=0,
-            max_concurrency=10_000,
+            max_concurrency=concurrency,
             scheduling_strategy=on_driver_node,
-            name=_actor_name(name),
+            name=actor_name,
             namespace=NAMESPACE,
         )
-        .remote(
-            setup,
-            quarantine=QuarantinePolicy(
-                below=spec.quarantine_below,
-                min_tasks=spec.quarantine_min_tasks,
-                keep=spec.executors // 2 + 1,
-            ),
-            keep_certificates=keep_certificates,
-            spec=spec,
-        )
+
+    verifier = trusted_actor(TrustedVerifier, _actor_name(name), 10_000).remote(
+        setup,
+        quarantine=QuarantinePolicy(
+            below=spec.quarantine_below,
+            min_tasks=spec.quarantine_min_tasks,
+            keep=spec.executors // 2 + 1,
+        ),
+        keep_certificates=keep_certificates,
+        spec=spec,
     )
     # Hands out the values of calls the driver sends in batches (see bft_ray.submission).
-    desk = (
-        ray.remote(ResultDesk)
-        .options(
-            num_cpus=0,
-            max_restarts=0,
-            max_concurrency=100_000,
-            scheduling_strategy=on_driver_node,
-            name=_desk_name(name),
-            namespace=NAMESPACE,
-        )
-        .remote(verifier, desk_capability(setup.master))
+    desk = trusted_actor(ResultDesk, _desk_name(name), 100_000).remote(
+        verifier, desk_capability(setup.master)
     )
     group: list[Any] = []
     keys: list[bytes] | None = None

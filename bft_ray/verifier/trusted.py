@@ -382,7 +382,18 @@ class TrustedVerifier:
         submitter to one batch in flight.
         """
         for task_id, ray_task, ticket, blob in entries:
-            self._by_ray_task[ray_task] = task_id
+            # The ref's Ray task id is the caller's word here (on the direct path it is the
+            # submit task's own): the first call to name it keeps it, so a worker that names
+            # another caller's ref cannot make certificate(ref) find its own call instead.
+            if self._by_ray_task.setdefault(ray_task, task_id) != task_id:
+                self._deliver(
+                    Delivery(
+                        ticket,
+                        "error",
+                        ConfigError(f"{task_id}: Ray task {ray_task} names another call's ref"),
+                    )
+                )
+                continue
             try:
                 call, fn_key, args, kwargs = pickle.loads(blob)  # the driver's own bytes
                 work = self._call_work(call, fn_key, args, kwargs)

@@ -133,6 +133,12 @@ def test_a_worker_that_knows_the_task_ids_cannot_take_their_results(cluster):
     took, stolen = ray.get(thief.remote(task_ids), timeout=120)
     assert "capability" in took and stolen == 0
     assert ray.get(refs, timeout=120) == list(range(8))
+    # Nor can it make another process's certificate(ref) find its own call: on the batched
+    # path the ref's Ray task id is the submitter's word, and the first to name it keeps it.
+    victim = refs[-1].task_id().hex()
+    verifier = ray.get_actor("verifier:default", namespace="bft_ray")
+    ray.get(verifier.submit_many.remote([("square-forged", victim, "0" * 32, b"junk")]))
+    assert ray.get(verifier.task_ids.remote([victim])) == [task_ids[-1]]
 
 
 def test_calls_waiting_at_the_desk_fail_when_the_verifier_dies(ray_module):
