@@ -11,8 +11,9 @@ exactly as before; the desk pulls the verdicts in batches (``take_deliveries``);
 the value or raises the call's error, so ``ray.get``, ``ray.wait``, ``await`` and downstream
 tasks see the same ref semantics as for a directly submitted call.
 
-The desk is trusted like the verifier (it runs on the driver's node) but holds no secret and
-decides nothing: it only forwards what the verifier delivered. A value travels as the certified
+The desk is trusted like the verifier (it runs on the driver's node) but decides nothing and
+holds no secret beyond its capability to poll the verifier: it only forwards what the verifier
+delivered. A value travels as the certified
 wire bytes and is wrapped in a :class:`~bft_ray.compare.wire.WireValue` here without decoding,
 so it is decoded once, by whoever reads the ref.
 

@@ -368,7 +368,7 @@ class TrustedVerifier:
         work = self._call_work(call, fn_key, args, kwargs)
         return await self._verdict(call, work, ray.get_runtime_context().get_task_id())
 
-    async def submit_many(self, entries: list[tuple[str, str, bytes]]) -> int:
+    async def submit_many(self, entries: list[tuple[str, str, str, bytes]]) -> int:
         """Take in a batch of function calls; their verdicts go to the result desk.
 
         Each entry is ``(task id, Ray task id hex of the caller's ref, ticket, pickled (call,
@@ -395,7 +395,9 @@ class TrustedVerifier:
                 )
                 continue
             try:
-                call, fn_key, args, kwargs = pickle.loads(blob)  # the driver's own bytes
+                # A caller's pickle, as trusted as any caller's arguments (Ray unpickles those
+                # anyway); never an executor's object, which only the guard reads.
+                call, fn_key, args, kwargs = pickle.loads(blob)
                 work = self._call_work(call, fn_key, args, kwargs)
             except Exception as exc:
                 self._deliver(Delivery(ticket, "error", exc))

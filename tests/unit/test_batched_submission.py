@@ -198,6 +198,13 @@ class _Verifier:
         return item
 
 
+async def _started_desk() -> tuple[_Verifier, ResultDesk]:
+    v = _Verifier()
+    desk = ResultDesk(v, b"cap")
+    await desk.start()
+    return v, desk
+
+
 def _run(coro):
     return asyncio.run(asyncio.wait_for(coro, 10))
 
@@ -208,9 +215,7 @@ def _wire(value) -> bytes:
 
 def test_each_caller_gets_its_own_verdict_whichever_arrives_first():
     async def main():
-        v = _Verifier()
-        desk = ResultDesk(v, b"cap")
-        await desk.start()
+        v, desk = await _started_desk()
         early = asyncio.ensure_future(desk.result("a"))
         await asyncio.sleep(0)
         await v.queue.put([Delivery("b", "ok", _wire(20)), Delivery("a", "ok", _wire(10))])
@@ -227,9 +232,7 @@ def test_each_caller_gets_its_own_verdict_whichever_arrives_first():
 
 def test_an_error_verdict_is_raised_and_num_returns_splits_the_value():
     async def main():
-        v = _Verifier()
-        desk = ResultDesk(v, b"cap")
-        await desk.start()
+        v, desk = await _started_desk()
         await v.queue.put(
             [
                 Delivery("e", "error", VerificationError("no quorum")),
@@ -247,9 +250,7 @@ def test_an_error_verdict_is_raised_and_num_returns_splits_the_value():
 
 def test_a_dead_verifier_fails_every_waiting_and_later_call():
     async def main():
-        v = _Verifier()
-        desk = ResultDesk(v, b"cap")
-        await desk.start()
+        v, desk = await _started_desk()
         waiting = [asyncio.ensure_future(desk.result(f"t{i}")) for i in range(3)]
         await asyncio.sleep(0)
         await v.queue.put(ray.exceptions.RayActorError())
@@ -267,9 +268,7 @@ def test_a_dead_verifier_fails_every_waiting_and_later_call():
 
 def test_shutdown_fails_waiting_calls_with_a_message_that_says_so():
     async def main():
-        v = _Verifier()
-        desk = ResultDesk(v, b"cap")
-        await desk.start()
+        v, desk = await _started_desk()
         waiting = asyncio.ensure_future(desk.result("t"))
         await asyncio.sleep(0)
         await v.queue.put(None)
@@ -281,9 +280,7 @@ def test_shutdown_fails_waiting_calls_with_a_message_that_says_so():
 
 def test_a_cancelled_ask_drops_its_verdict_instead_of_keeping_it_forever():
     async def main():
-        v = _Verifier()
-        desk = ResultDesk(v, b"cap")
-        await desk.start()
+        v, desk = await _started_desk()
         ask = asyncio.ensure_future(desk.result("t"))
         await asyncio.sleep(0)
         ask.cancel()
