@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ray
@@ -134,12 +135,19 @@ def _info_structure(gpus: int) -> str:
     return decode_canonical(encode(template)).structure
 
 
-def parse_info(raw: Any, index: int, executor_id: str, node_id: str) -> ExecutorInfo:
-    """Strictly parse an executor's start-up answer (untrusted bytes)."""
+def read_info(raw: Any, who: str) -> dict[str, Any]:
+    """Strictly read an executor's start-up answer (untrusted bytes) into its plain fields.
+
+    The BFT verifiers read it too, from the actor itself, to pin the key it states
+    (:mod:`bft_ray.verifier.registry`).
+
+    Raises:
+        BadExecutorInfo: If it is not exactly an honest answer's shape and types.
+    """
     if isinstance(raw, BaseException):
-        raise BadExecutorInfo(f"executor {executor_id} did not start: {raw}")
+        raise BadExecutorInfo(f"executor {who} did not start: {raw}")
     if not isinstance(raw, bytes):
-        raise BadExecutorInfo(f"executor {executor_id} answered {type(raw).__name__}, not bytes")
+        raise BadExecutorInfo(f"executor {who} answered {type(raw).__name__}, not bytes")
     try:
         canon = decode_canonical(raw)
         # Check the exact shape first: decode() of plain dicts, lists and scalars builds no
@@ -148,12 +156,12 @@ def parse_info(raw: Any, index: int, executor_id: str, node_id: str) -> Executor
             raise WireFormatError("unexpected shape")
         info = decode(raw)
     except WireFormatError as exc:
-        raise BadExecutorInfo(f"executor {executor_id} sent malformed info: {exc}") from None
+        raise BadExecutorInfo(f"executor {who} sent malformed info: {exc}") from None
     ok = (
         type(info) is dict
         and set(info) == {"executor_id", "slot", "public_key", "gpu_ids", "pid", "fault"}
-        and info["executor_id"] == executor_id
-        and info["slot"] == slot_name(index)
+        and type(info["executor_id"]) is str
+        and type(info["slot"]) is str
         and type(info["public_key"]) is bytes
         and len(info["public_key"]) == 32
         and type(info["gpu_ids"]) is list
@@ -162,6 +170,14 @@ def parse_info(raw: Any, index: int, executor_id: str, node_id: str) -> Executor
         and type(info["fault"]) is str
     )
     if not ok:
+        raise BadExecutorInfo(f"executor {who} sent info of another shape")
+    return info
+
+
+def parse_info(raw: Any, index: int, executor_id: str, node_id: str) -> ExecutorInfo:
+    """Strictly parse an executor's start-up answer (untrusted bytes)."""
+    info = read_info(raw, executor_id)
+    if info["executor_id"] != executor_id or info["slot"] != slot_name(index):
         raise BadExecutorInfo(f"executor {executor_id} sent info for another identity or shape")
     return ExecutorInfo(
         index=index,
@@ -329,6 +345,10 @@ class ExecutorPool:
         self.respawn_timeout_s = 300.0
         # Owner (anti-collusion) group of each slot index: replicas of one task never share one.
         self.groups: dict[int, str] = {}
+        # BFT mode: the verifier group must confirm each new executor's key before it gets work
+        # (bft_ray.verifier.registry). Maps an executor id to why it was not admitted.
+        self.admit: Callable[[list[tuple[ExecutorInfo, Any]]], Awaitable[dict[str, str]]] | None
+        self.admit = None
         for s in setup.slots:
             guard.guard_actor(s.handle)  # this process reads their answers too
 
@@ -424,8 +444,16 @@ class ExecutorPool:
             raw = await asyncio.wait_for(_future(handle.info.remote()), timeout=300)
             node = bundle_nodes(group).get(bundle, slot.info.node_id)
             info = parse_info(raw, slot.index, _executor_id(slot.index, slot.generation), node)
+            problem = (
+                (await self.admit([(info, handle)])).get(info.executor_id, "")
+                if (self.admit is not None)
+                else ""
+            )
+            if problem:
+                raise BadExecutorInfo(problem)
         except Exception as exc:
             logger.error("respawn of slot %d failed: %s", slot.index, exc)
+            ray.kill(handle, no_restart=True)
             slot.status = "dead"
             return
         slot.handle, slot.info, slot.status = handle, info, "alive"
@@ -486,6 +514,9 @@ class ExecutorPool:
                 parse_info(raw, first + j, _executor_id(first + j, 0), nodes.get(j, ""))
                 for j, raw in enumerate(results)
             ]
+            problems = await self.admit(list(zip(infos, handles))) if self.admit else {}
+            if problems:
+                raise BadExecutorInfo("; ".join(problems.values()))
         except BadExecutorInfo as exc:
             for h in handles:
                 ray.kill(h, no_restart=True)

@@ -13,6 +13,10 @@ decides anything lives in the pure replica; this module only moves bytes:
   deserialisation guard (an object is read only if the executor's actor produced it, and only
   as raw bytes), rechecks the claim, offers it to the replica, and answers once the claim is
   committed: with its signature over the BFT certificate body, or with why it will not sign.
+* ``register_executors(signature, items)``: the dispatcher's signed registration of new
+  executors with their actor handles; this verifier asks each actor itself for the key it
+  states and pins it (:mod:`bft_ray.verifier.registry`). A claim naming an executor with any
+  other key, actor or slot is refused before its answers are read.
 * ``submit_operator(entry)``: an operator record (``cluster.ban``/``reinstate`` in BFT mode),
   signed by the dispatcher; offered as is (its signature is its whole check) and answered once
   committed, with the standing this verifier holds after that block.
@@ -64,7 +68,7 @@ from bft_ray.consensus import (
     decode_message,
 )
 from bft_ray.consensus.types import proposal_signing_bytes
-from bft_ray.crypto import SigningKey
+from bft_ray.crypto import SigningKey, verify_signature
 from bft_ray.errors import CapabilityError
 from bft_ray.executor import guard
 from bft_ray.metrics import GroupMetrics
@@ -79,8 +83,9 @@ from bft_ray.verifier.claims import (
     encode_payload,
 )
 from bft_ray.verifier.commit_proof import encode_proof
-from bft_ray.verifier.recheck import Recheck, recheck
+from bft_ray.verifier.recheck import Recheck, Verdict, recheck
 from bft_ray.verifier.records import CallMeta, certificate_fields
+from bft_ray.verifier.registry import ExecutorRegistry, Registered, registration_bytes
 from bft_ray.verifier.replica import OPERATOR_OK, Committed, VerifierReplica
 from bft_ray.verifier.trust_state import TrustRules
 
@@ -201,6 +206,10 @@ class BftVerifier:
         self._waiters: dict[str, asyncio.Future] = {}
         self._arrivals: dict[bytes, asyncio.Future] = {}
         self._done: OrderedDict[str, Committed] = OrderedDict()
+        # Executors as this verifier confirmed them with the actors themselves, and the
+        # confirmations still under way (a claim naming one waits for it).
+        self.registry = ExecutorRegistry()
+        self._registering: dict[str, asyncio.Future] = {}
         self._handled = 0
         self._ticker: asyncio.Task | None = None
         self.counters = {"claims": 0, "refused": 0, "committed": 0, "messages": 0, "sent": 0}
@@ -250,7 +259,15 @@ class BftVerifier:
         app.continuous = s.continuous
         # After a restart: the same committed set, reputation and standing as before the crash
         # (the standing is derived from committed entries only, so replaying them rebuilds it).
-        app.restore([b for _, b in ledger.committed(1)])
+        blocks = [b for _, b in ledger.committed(1)]
+        app.restore(blocks)
+        for block in blocks:
+            try:
+                entries = decode_payload(block.payload)
+            except ClaimError:
+                continue  # never committed by honest voters; nothing to learn
+            for entry in entries:
+                self._learn(app.decode(entry))
         node = Node(
             NodeConfig(
                 s.index,
@@ -335,6 +352,7 @@ class BftVerifier:
         self.metrics.node_stats(rep.node.stats)
         for c in applied:
             self.counters["committed"] += 1
+            self._learn(c.claim)
             if not c.operator:
                 self.metrics.committed(c.task_id, c.claim.claim.step == "accept")
             self._done[c.task_id] = c
@@ -381,6 +399,91 @@ class BftVerifier:
         if waits:
             await asyncio.wait(waits, timeout=self.setup.claim_wait_s)
 
+    # -- executor registry ----------------------------------------------------------------
+
+    def _learn(self, sc: Any) -> None:
+        """Pin the executors of a committed claim (see :mod:`bft_ray.verifier.registry`)."""
+        if sc is not None and not isinstance(sc, SignedOperator):
+            self.registry.learn(sc.claim)
+
+    async def register_executors(self, signature: bytes, items: list) -> dict[str, dict]:
+        """Confirm new executors with the actors themselves and pin the keys they state.
+
+        Args:
+            signature: The dispatcher's signature over
+                :func:`~bft_ray.verifier.registry.registration_bytes` of the pairs.
+            items: ``(executor id, actor id hex, actor handle)`` of each executor.
+
+        Returns:
+            Per executor id: ``{"public_key": key}`` as pinned here, or ``{"error": why}``.
+
+        Raises:
+            CapabilityError: If the dispatcher did not sign this registration.
+        """
+        pairs = [(str(eid), str(aid)) for eid, aid, _ in items]
+        if not (
+            isinstance(signature, bytes)
+            and verify_signature(self.setup.dispatcher_key, registration_bytes(pairs), signature)
+        ):
+            raise CapabilityError("registering executors needs the dispatcher's signature")
+        loop = asyncio.get_running_loop()
+        futs = {}
+        out: dict[str, dict] = {}
+        for (eid, aid), (_, _, handle) in zip(pairs, items):
+            known = self.registry.get(eid)
+            if known is not None and known.actor_id == aid:
+                out[eid] = {"public_key": known.key}  # pinned already (first pin wins)
+                continue
+            # Set before the first await: a claim that arrives meanwhile waits for this.
+            fut = self._registering.get(eid)
+            if fut is None or fut.done():
+                fut = self._registering[eid] = loop.create_task(self._confirm(eid, aid, handle))
+            futs[eid] = fut
+        for eid, fut in futs.items():
+            out[eid] = await fut
+            if self._registering.get(eid) is fut:
+                del self._registering[eid]
+        return out
+
+    async def _confirm(self, eid: str, aid: str, handle: Any) -> dict:
+        from bft_ray.executor.pool import BadExecutorInfo, read_info
+
+        try:
+            actor = handle._actor_id.hex()
+        except AttributeError:
+            return {"error": f"{eid}: not an actor handle"}
+        if actor != aid:
+            return {"error": f"{eid}: the handle is actor {actor}, not {aid}"}
+        guard.guard_actor(handle)  # its start-up answer is read strictly, as raw bytes
+        try:
+            raw = await asyncio.wait_for(
+                asyncio.wrap_future(handle.info.remote().future()), self.setup.read_timeout_s
+            )
+        except asyncio.TimeoutError:
+            return {"error": f"{eid}: no start-up answer within {self.setup.read_timeout_s:g}s"}
+        except Exception as exc:  # the actor died, or sent what the guard refuses
+            return {"error": f"{eid}: no start-up answer: {type(exc).__name__}: {exc}"[:300]}
+        try:
+            info = read_info(raw, eid)
+        except BadExecutorInfo as exc:
+            return {"error": str(exc)}
+        if info["executor_id"] != eid:
+            return {"error": f"{eid}: the actor says it is {info['executor_id']!r}"}
+        why = self.registry.pin(eid, Registered(info["public_key"], aid, info["slot"]))
+        if why:
+            return {"error": why}
+        return {"public_key": info["public_key"]}
+
+    async def _registry_refusal(self, claim: VerdictClaim) -> str:
+        """Why the claim's executors are not the ones this verifier pinned (``""`` if they are);
+        waits for confirmations still under way."""
+        waits = [
+            self._registering[e] for e in self.registry.unknown(claim) if e in self._registering
+        ]
+        if waits:
+            await asyncio.wait(waits, timeout=self.setup.read_timeout_s)
+        return self.registry.mismatch(claim)
+
     # -- claims ---------------------------------------------------------------------------
 
     async def submit_claim(self, entry: bytes, refs: list) -> dict:
@@ -400,15 +503,26 @@ class BftVerifier:
         self.metrics.claim(sc.task_id)
         if self.fault == "silent":
             return {"index": self.index, "ok": False, "reason": "silent"}
-        answers = await self._read(sc.claim, {r.hex(): r for r in refs})
-        result = recheck(sc.claim, answers)
+        refusal = await self._registry_refusal(sc.claim)
+        if refusal:
+            result = Recheck(Verdict.INVALID, refusal)
+        else:
+            answers = await self._read(sc.claim, {r.hex(): r for r in refs})
+            result = recheck(sc.claim, answers)
         if not result.ok:
             self.counters["refused"] += 1
             self.metrics.refused()
             rep.offer(entry, result)
             if self.fault != "wrong_vote":
                 # Say so at once: with f + 1 refusals the dispatcher knows it cannot certify.
-                return {"index": self.index, "ok": False, "reason": result.reason}
+                # Executors unknown here (this verifier restarted) are named, so the
+                # dispatcher registers them again.
+                return {
+                    "index": self.index,
+                    "ok": False,
+                    "reason": result.reason,
+                    "unregistered": self.registry.unknown(sc.claim),
+                }
         done = self._done.get(sc.task_id)
         if done is None:
             rep.offer(entry, result)
@@ -582,6 +696,7 @@ class BftVerifier:
             "ledger_height": self.ledger.committed_height,
             "counters": dict(self.counters),
             "rejected": dict(rep.node.stats.rejected),
+            "executors": {e: r.key for e, r in self.registry.items()},
             "public_key": self.key.public_bytes,
         }
 

@@ -100,6 +100,7 @@ from bft_ray.verifier.records import (
     reported_traceback,
     user_exception,
 )
+from bft_ray.verifier.registry import registration_bytes, unconfirmed
 from bft_ray.verifier.results import Delivery
 from bft_ray.verifier.trust_state import agree, blocked, function_key
 
@@ -309,7 +310,51 @@ class TrustedVerifier:
         self.group = list(handles)
         self.group_keys = list(keys)
         self.certify_timeout_s = timeout_s
+        # Every verifier confirms each executor's key with the actor itself before the executor
+        # gets work (bft_ray.verifier.registry); respawned and added ones too.
+        self.pool.admit = self._admit_to_group
+        live = self.pool.live()
+        problems = await self._admit_to_group([(s.info, s.handle) for s in live])
+        for eid, why in problems.items():
+            self.pool.retire(eid, why, kill=True)
         await self._adopt_group_standing()
+
+    async def _admit_to_group(self, entries: list[tuple[Any, Any]]) -> dict[str, str]:
+        """Register new executors with every verifier; why each one not confirmed failed.
+
+        An executor is admitted once ``2f + 1`` verifiers pinned the key this actor read from it
+        itself: then at least ``f + 1`` honest verifiers hold that key, and every claim naming it
+        can be certified. One that tells verifiers different keys never gets there.
+        """
+        assert self.group is not None
+        if not entries:
+            return {}
+        items = [(info.executor_id, handle._actor_id.hex(), handle) for info, handle in entries]
+        sig = self._key.sign(registration_bytes((eid, aid) for eid, aid, _ in items))
+
+        async def ask(v: Any) -> Any:
+            try:
+                return await asyncio.wait_for(
+                    _as_future(v.register_executors.remote(sig, items)), 120
+                )
+            except Exception as exc:
+                return f"{type(exc).__name__}: {exc}"
+
+        answers = await asyncio.gather(*(ask(v) for v in self.group))
+        keys = {info.executor_id: info.public_key for info, _ in entries}
+        return unconfirmed(keys, answers, len(self.group_keys))
+
+    def _reregister(self, index: int, executor_ids: list) -> None:
+        """Register live executors again with a verifier that does not know them (it restarted
+        and has not yet seen them in a committed claim). Fire and forget."""
+        if self.group is None or type(index) is not int or not 0 <= index < len(self.group):
+            return
+        live = [self.pool.by_id[e] for e in executor_ids if self.pool.is_alive(str(e))]
+        items = [(s.info.executor_id, s.handle._actor_id.hex(), s.handle) for s in live]
+        if not items:
+            return
+        sig = self._key.sign(registration_bytes((eid, aid) for eid, aid, _ in items))
+        self.group[index].register_executors.remote(sig, items)
 
     async def _adopt_group_standing(self) -> None:
         """Take the blocked executors from the standing f + 1 verifiers hold (a group whose
@@ -1022,6 +1067,8 @@ class TrustedVerifier:
                 i, ack = await nxt
                 if not isinstance(ack, dict) or not ack.get("ok"):
                     refusals.append(str(ack.get("reason") if isinstance(ack, dict) else ack))
+                    if isinstance(ack, dict) and isinstance(ack.get("unregistered"), list):
+                        self._reregister(ack.get("index", -1), ack["unregistered"])
                     if len(refusals) > n - (f + 1):
                         break
                     continue
@@ -1307,6 +1354,8 @@ class TrustedVerifier:
                     continue
                 if not isinstance(ack, dict) or not ack.get("ok"):
                     refusals.append(str(ack.get("reason") if isinstance(ack, dict) else ack))
+                    if isinstance(ack, dict) and isinstance(ack.get("unregistered"), list):
+                        self._reregister(ack.get("index", -1), ack["unregistered"])
                     if len(refusals) > f:
                         break  # at most 2f verifiers left: 2f + 1 signatures are out of reach
                     continue

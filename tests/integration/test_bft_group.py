@@ -335,6 +335,55 @@ def test_a_verifier_that_crashes_restarts_recovers_and_never_votes_twice(cluster
     assert len(digests) == 1
 
 
+def test_every_verifier_pins_each_executors_key_from_the_executor_itself(cluster):
+    """The keys claims may name are the ones the executors stated to each verifier directly
+    (bft_ray/verifier/registry.py); a respawned executor is confirmed before it gets work, and
+    no worker but the dispatcher can register an identity."""
+    from bft_ray.errors import CapabilityError
+    from bft_ray.executor.pool import read_info
+
+    def own_keys():
+        # What each live executor says about itself, read here from the actor.
+        out = {}
+        for e in cluster.executor_handles():
+            info = read_info(ray.get(e["handle"].info.remote(), timeout=60), e["executor_id"])
+            out[e["executor_id"]] = info["public_key"]
+        return out
+
+    def pinned_everywhere(keys):
+        return all(
+            s.get("executors", {}).get(eid) == key
+            for s in cluster.verifier_status()
+            for eid, key in keys.items()
+        )
+
+    before = own_keys()
+    assert len(before) == N_EXEC and pinned_everywhere(before)
+    victim = cluster.executor_handles()[0]
+    ray.kill(victim["handle"], no_restart=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        run_one_by_one(1, offset=75)  # certified by the group throughout
+        ids = {e["executor_id"] for e in cluster.executor_handles()}
+        if len(ids) == N_EXEC and victim["executor_id"] not in ids:
+            break
+        time.sleep(0.5)
+    after = own_keys()
+    respawned = set(after) - set(before)
+    assert len(respawned) == 1, after
+    assert pinned_everywhere(after)
+    refused = [s["counters"]["refused"] for s in cluster.verifier_status()]
+    run_one_by_one(3, offset=76)  # the new incarnation gets work; no verifier refuses it
+    assert [s["counters"]["refused"] for s in cluster.verifier_status()] == refused
+
+    verifier = cluster.verifier_handles()[1]
+    handle = cluster.executor_handles()[1]["handle"]
+    forged = [("ex9", handle._actor_id.hex(), handle)]
+    with pytest.raises(CapabilityError, match="dispatcher's signature"):
+        ray.get(verifier.register_executors.remote(b"\0" * 64, forged), timeout=60)
+    assert "ex9" not in cluster.verifier_status()[1]["executors"]
+
+
 def test_an_attached_process_checks_group_certificates(cluster):
     (ref,) = run_one_by_one(1, offset=80)
     cert_json = bft_ray.certificate(ref).to_json()

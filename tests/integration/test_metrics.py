@@ -166,6 +166,8 @@ def bft_ready(s: Samples) -> bool:
             for i in HONEST
         )
         and value(s, "ray_bft_ray_calls_accepted_total", **c) == CALLS
+        # Each process exports on its own clock: wait for the dispatcher's histogram too.
+        and value(s, "ray_bft_ray_replication_factor_count", **c) == CALLS
     )
 
 
