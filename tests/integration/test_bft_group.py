@@ -376,6 +376,15 @@ def test_every_verifier_pins_each_executors_key_from_the_executor_itself(cluster
     run_one_by_one(3, offset=76)  # the new incarnation gets work; no verifier refuses it
     assert [s["counters"]["refused"] for s in cluster.verifier_status()] == refused
 
+    # An executor added to the running cluster is confirmed before it gets work too.
+    cluster.scale(executors=N_EXEC + 1, timeout_s=120)
+    try:
+        grown = own_keys()
+        assert len(grown) == N_EXEC + 1 and pinned_everywhere(grown)
+        run_one_by_one(2, offset=79)
+    finally:
+        cluster.scale(executors=N_EXEC)
+
     verifier = cluster.verifier_handles()[1]
     handle = cluster.executor_handles()[1]["handle"]
     forged = [("ex9", handle._actor_id.hex(), handle)]
