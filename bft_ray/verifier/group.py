@@ -215,8 +215,14 @@ class BftVerifier:
         self.counters = {"claims": 0, "refused": 0, "committed": 0, "messages": 0, "sent": 0}
         self.metrics = GroupMetrics(setup.cluster, setup.index)  # Prometheus (bft_ray.metrics)
         if setup.group_path.exists():
-            keys = [bytes.fromhex(k) for k in json.loads(setup.group_path.read_text())["keys"]]
-            self._start(keys)  # a restart: recover from the ledger
+            group = json.loads(setup.group_path.read_text())
+            keys = [bytes.fromhex(k) for k in group["keys"]]
+            # A restart, or a new run on the same ledger (a new dispatcher key): recover from
+            # the ledger, entries of former runs under the keys that signed them.
+            known = [bytes.fromhex(k) for k in group.get("dispatchers", [])]
+            former = [k for k in known if k != setup.dispatcher_key]
+            self._write_group(keys, [*former, setup.dispatcher_key])
+            self._start(keys, former)
 
     def _load_key(self) -> bytes:
         path = self.setup.key_path
@@ -237,10 +243,18 @@ class BftVerifier:
         """Join the group whose verifiers have ``keys`` (index order)."""
         if self.replica is not None:
             return
-        self.setup.group_path.write_text(json.dumps({"keys": [k.hex() for k in keys]}))
+        self._write_group(keys, [self.setup.dispatcher_key])
         self._start(keys)
 
-    def _start(self, keys: list[bytes]) -> None:
+    def _write_group(self, keys: list[bytes], dispatchers: list[bytes]) -> None:
+        """The group file: the verifiers' keys, and every dispatcher key whose entries this
+        ledger holds (oldest first)."""
+        doc = {"keys": [k.hex() for k in keys], "dispatchers": [d.hex() for d in dispatchers]}
+        tmp = self.setup.group_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.setup.group_path)
+
+    def _start(self, keys: list[bytes], former_dispatchers: list[bytes] | None = None) -> None:
         from bft_ray.verifier.ledger import Ledger
 
         validators = ValidatorSet(tuple(keys))
@@ -259,8 +273,10 @@ class BftVerifier:
         app.continuous = s.continuous
         # After a restart: the same committed set, reputation and standing as before the crash
         # (the standing is derived from committed entries only, so replaying them rebuilds it).
+        # The registry learns only the current run's executors (decode now takes the current
+        # dispatcher's entries only): a former run's ex0 had another key.
         blocks = [b for _, b in ledger.committed(1)]
-        app.restore(blocks)
+        app.restore(blocks, former_dispatchers or ())
         for block in blocks:
             try:
                 entries = decode_payload(block.payload)

@@ -137,6 +137,7 @@ class VerdictApp:
         rules: TrustRules | None = None,
     ):
         self.dispatcher_key = dispatcher_key
+        self._accepted = {dispatcher_key}  # keys whose entries decode (more only in restore)
         self.max_claims = max_claims
         self.censor_after = censor_after
         # A claim still uncommitted after this many ticks is dropped: honest verifiers that
@@ -165,7 +166,8 @@ class VerdictApp:
                 self._decoded.clear()
             try:
                 sc = decode_entry(entry)
-                self._decoded[key] = sc if sc.verify(self.dispatcher_key) else None
+                ok = any(sc.verify(k) for k in self._accepted)
+                self._decoded[key] = sc if ok else None
             except ClaimError:
                 self._decoded[key] = None
         return self._decoded[key]
@@ -336,11 +338,25 @@ class VerdictApp:
         self.reputation.apply(record)
         self.rules.apply_claim(self.standing, self.reputation, sc.claim)
 
-    def restore(self, blocks: Sequence[Block]) -> None:
+    def restore(self, blocks: Sequence[Block], former_keys: Sequence[bytes] = ()) -> None:
         """Rebuild the committed set, reputation and standing from committed blocks (after a
-        restart): the same entries in the same order give the same state."""
-        for block in blocks:
-            self.commit(block)
+        restart): the same entries in the same order give the same state.
+
+        Args:
+            blocks: The committed blocks, in commit order.
+            former_keys: Dispatcher keys of former runs that used this ledger: their entries
+                were committed under those keys, so they are applied too (a new run keeps the
+                standing of the last). Only here: a live block needs the current key, so an old
+                entry replayed by a leader is never applied twice.
+        """
+        current = self.dispatcher_key
+        try:
+            self._accepted = {current, *former_keys}
+            for block in blocks:
+                self.commit(block)
+        finally:
+            self._accepted = {current}
+            self._decoded.clear()  # nothing decoded under a former key outlives the restore
 
     def standing_digest(self) -> bytes:
         """Digest of the standing (equal on every honest verifier; see ``Standing.digest``)."""

@@ -418,3 +418,21 @@ def test_losing_a_verifier_for_good_loses_no_task(cluster):
     more = run_one_by_one(4, offset=90)  # progress continues after the view changes
     keys = cluster.verifier_keys()
     assert all(bft_ray.verify_certificate(bft_ray.certificate(r), keys) for r in refs + more)
+
+
+def test_a_new_run_on_the_same_ledgers_keeps_the_committed_standing(cluster):
+    """A new ``init`` on these ledgers has a new dispatcher key; its verifiers still apply the
+    former run's entries (under the key that signed them), so the committed standing carries
+    over, and the new run's executors (new keys under the same ids) are pinned afresh."""
+    before = cluster.committed_standing()
+    cluster.shutdown()
+    again = bft_ray.init(
+        executors=N_EXEC, verifiers=4, quarantine_below=0.0, ledger_dir=str(cluster.ledgers)
+    )
+    try:
+        after = again.committed_standing()
+        assert after.digest == before.digest and after.agreed_by
+        run_one_by_one(2, offset=120)  # certified by the group: the registry is this run's
+        assert again.committed_standing().digest != before.digest  # and the record goes on
+    finally:
+        again.shutdown()

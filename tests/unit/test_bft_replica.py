@@ -437,6 +437,27 @@ def test_commits_carry_the_blocked_executors_after_their_block():
     assert ("ex1", "banned") in ops[0].blocked
 
 
+def test_a_new_run_on_the_same_ledger_keeps_the_standing_and_takes_no_old_entry_live():
+    """A new run has a new dispatcher key: its verifiers restore the former run's entries under
+    the key that signed them (the ban and the quarantine carry over), but a former entry offered
+    again, live, is not the current dispatcher's and is never applied."""
+    net = Net(4, rules=RULES)
+    flagged_workload(net)
+    net.run()
+    blocks = [b for _, b in net.reps[1].store.committed()]
+    new_run = SigningKey.generate().public_bytes
+    lost = FaultyApp(new_run, rules=RULES)
+    lost.restore(blocks)  # what a new run did before: every former entry dropped
+    assert lost.standing_digest() != net.reps[1].app.standing_digest()
+    app = FaultyApp(new_run, rules=RULES)
+    app.restore(blocks, former_keys=[DISPATCHER.public_bytes])
+    assert app.standing.to_json() == net.reps[1].app.standing.to_json()
+    assert app.standing.get("ex1").status is TrustStatus.BANNED
+    replayed = operator("reinstate", "ex1", "op-replayed")  # signed by the former dispatcher
+    assert app.decode(replayed) is None
+    assert app.decode(operator("ban", "ex1", "op-ban")) is None  # not even from the cache
+
+
 def test_standing_after_a_restart_equals_standing_before():
     net = Net(4, rules=RULES)
     flagged_workload(net)
