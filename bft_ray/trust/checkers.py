@@ -9,7 +9,7 @@ replication, whose majority decides who was wrong.
 Example:
     >>> import numpy as np
     >>> a, b = np.ones((3, 4)), np.ones((4, 2))
-    >>> check = freivalds(rounds=4)
+    >>> check = freivalds()  # 20 rounds: a wrong product passes with probability < 1e-6
     >>> check(a @ b, a, b), check(a @ b + np.eye(3, 2), a, b)
     (True, False)
 """

@@ -130,6 +130,9 @@ def test_robust_training_sizes_its_executors_to_the_cluster(dashboard_url):
     assert "final accuracy" in logs
 
 
+# About 20 s: `make test-full` runs it. In `make test` the job API path is the README demo job
+# above, and verified inference on Ray is tests/integration/test_trust_e2e.py's prefill test.
+@pytest.mark.slow
 def test_verified_inference_job_runs_under_the_job_api(dashboard_url):
     # The inference job as the README submits it: prefill policy, the int8 cheater flagged alone.
     status, logs = run_job(
