@@ -47,7 +47,6 @@ from bft_ray.compare.diff import render_disagreement
 from bft_ray.compare.tolerance import compare, tolerance_ratio
 from bft_ray.compare.wire import WireItem, WireValue, decode, sequence_length
 from bft_ray.config import Policy
-from bft_ray.consensus.crypto import CertificateVerifier, Ed25519Verifier, ValidatorSet
 from bft_ray.crypto import SigningKey, verify_signature
 from bft_ray.errors import (
     BftRayError,
@@ -89,9 +88,9 @@ from bft_ray.verifier.admission import (
 )
 from bft_ray.verifier.certificate import Certificate, VerifierSignature
 from bft_ray.verifier.claims import FAILURES, OperatorClaim, ReplicaClaim, VerdictClaim
-from bft_ray.verifier.commit_proof import check_proof
+from bft_ray.verifier.commit_proof import ProofChecker
 from bft_ray.verifier.decision import CallState, Decision, Label, Step, VerdictRecord
-from bft_ray.verifier.group import certificate_body, fail_statement
+from bft_ray.verifier.group import certificate_body, fail_statement, take_shared_proofs
 from bft_ray.verifier.recheck import judged
 from bft_ray.verifier.records import (
     CallMeta,
@@ -238,7 +237,7 @@ class TrustedVerifier:
         # vouched for by f + 1 verifiers, and the committed round it holds after. Assignment
         # follows it; this actor never quarantines on its own in BFT mode.
         self._committed_view: tuple[int, tuple[tuple[str, str], ...]] = (-1, ())
-        self._qc_checker: CertificateVerifier | None = None  # see _proof_certs
+        self._proof_checker: ProofChecker | None = None  # see _proofs
         # Function keys each executor has confirmed holding (it answered a call carrying it).
         self._functions_held: dict[str, set[str]] = {}
         self.counters = {
@@ -1381,9 +1380,9 @@ class TrustedVerifier:
                     if where not in proofs and isinstance(proof, bytes):
                         # Any verifier's proof will do, but only one that checks: a faulty
                         # verifier's garbage is simply not taken.
-                        why = check_proof(
+                        why = self._proofs().check(
                             proof, where[1], where[0], claim.task_id, claim.digest,
-                            claim.representative, self.group_keys, self._proof_certs(),
+                            claim.representative,
                         )  # fmt: skip
                         if not why:
                             proofs[where] = proof
@@ -1448,13 +1447,12 @@ class TrustedVerifier:
             for k, sig in sorted(by_key.items(), key=lambda kv: order(kv[0]))
         )
 
-    def _proof_certs(self) -> CertificateVerifier:
-        """One QC checker for the group, kept: the claims batched in a block share its commit
-        proof, whose QC signatures are then checked once, not once per claim."""
-        if self._qc_checker is None:
-            keys = tuple(self.group_keys)
-            self._qc_checker = CertificateVerifier(ValidatorSet(keys), Ed25519Verifier(keys))
-        return self._qc_checker
+    def _proofs(self) -> ProofChecker:
+        """One proof checker for the group, kept: the claims batched in a block share its commit
+        proof, which it then decodes and verifies once, not once per claim."""
+        if self._proof_checker is None:
+            self._proof_checker = ProofChecker(self.group_keys)
+        return self._proof_checker
 
     def _note_view(self, views: dict, where: tuple, ack: dict, pub: bytes, f: int) -> None:
         """Count one verifier's standing after ``where``; adopt it once f + 1 report it."""
@@ -2420,6 +2418,8 @@ def _hand_out(futs: list[asyncio.Future], answer: asyncio.Future) -> None:
             results = answer.result()
             if not isinstance(results, list) or len(results) != len(futs):
                 results = VerificationError("a verifier answered a batch of claims out of shape")
+            else:
+                results = take_shared_proofs(results)
     for k, fut in enumerate(futs):
         if fut.done():
             continue

@@ -138,6 +138,17 @@ def _the_commit_proof_proves_the_block_committed(cert, other, keys):
         "a key left out": rebuilt(block, chain, proof, order[1:]),
         "junk": dataclasses.replace(cert, commit_proof=b"junk"),
     }
+    # The dispatcher's checker (one decode per distinct blob, shared by a block's claims) gives
+    # the offline check's answer on every one, asked in any order and more than once.
+    from bft_ray.verifier.commit_proof import ProofChecker, check_proof
+
+    checker = ProofChecker(keys)
+    cases = [cert, other, *(b for b in refused.values() if b is not None)]
+    for c in [*cases, *reversed(cases)]:
+        for task, digest, rep in [(cert.task_id, cert.digest, cert.representative),
+                                  (other.task_id, other.digest, other.representative)]:  # fmt: skip
+            args = (c.commit_proof, c.block_id, c.block_round, task, digest, rep)
+            assert checker.check(*args) == check_proof(*args, keys)
     for what, bad in refused.items():
         if bad is not None and bad.commit_proof != cert.commit_proof:
             assert not ok(bad), what

@@ -562,3 +562,34 @@ def json_copy(data):
     import json
 
     return json.loads(json.dumps(data))
+
+
+# -- one commit proof per block in a batch answer -----------------------------------------------
+
+
+def test_a_batch_answer_carries_each_proof_once_and_a_lying_pointer_gets_none():
+    from bft_ray.verifier.group import share_proofs, take_shared_proofs
+
+    p1, p2 = b"proof-of-block-1" * 300, b"proof-of-block-2" * 300
+    acks = [
+        {"block_id": b"1", "ok": True, "commit_proof": p1},
+        {"block_id": b"1", "ok": True, "commit_proof": p1},
+        {"block_id": b"2", "ok": True, "commit_proof": p2},
+        {"block_id": b"1", "ok": True, "commit_proof": p1},
+        {"ok": False, "reason": "refused"},
+    ]
+    shared = share_proofs(acks)
+    assert [a.get("commit_proof") is not None for a in shared] == [True, False, True, False, False]
+    assert take_shared_proofs(shared) == [*acks[:4], {"ok": False, "reason": "refused"}]
+    # A faulty verifier's pointers: forward, to itself, to another block, not an int, to a
+    # refusal. Each of those acks is left without a proof (other verifiers' proofs serve).
+    lies = [
+        {"block_id": b"1", "commit_proof": None, "proof_at": 1},
+        {"block_id": b"1", "commit_proof": None, "proof_at": 1},
+        {"block_id": b"1", "commit_proof": p2, "proof_at": 0},  # carries its own: kept
+        {"block_id": b"2", "commit_proof": None, "proof_at": 2},
+        {"block_id": b"1", "commit_proof": None, "proof_at": "0"},
+        {"block_id": b"1", "commit_proof": None, "proof_at": 5},
+    ]
+    taken = take_shared_proofs(lies)
+    assert [a["commit_proof"] for a in taken] == [None, None, p2, None, None, None]
