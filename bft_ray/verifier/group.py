@@ -796,7 +796,7 @@ def take_shared_proofs(acks: list) -> list:
             src = acks[at]
             proof = src.get("commit_proof") if isinstance(src, dict) else None
             same = isinstance(src, dict) and src.get("block_id") == ack.get("block_id")
-            ack = {k: v for k, v in ack.items() if k != "proof_at"}
+            ack = {name: value for name, value in ack.items() if name != "proof_at"}
             ack["commit_proof"] = proof if same and isinstance(proof, bytes) else None
         out.append(ack)
     return out
