@@ -837,7 +837,8 @@ def _start_group(
         handles.append(ray.remote(BftVerifier).options(**options).remote(setup))
     keys = ray.get([h.public_key.remote() for h in handles], timeout=120)
     ray.get([h.start.remote(keys) for h in handles], timeout=120)
-    ray.get(dispatcher.attach_group.remote(admin, handles, keys), timeout=60)
+    # Attaching registers every executor with every verifier (up to 20 s for one that stalls).
+    ray.get(dispatcher.attach_group.remote(admin, handles, keys), timeout=180)
     logger.info("bft-ray verifier group: n=%d, f=%d, ledgers in %s", n, (n - 1) // 3, ledger_dir)
     return handles, keys
 

@@ -129,6 +129,8 @@ class GroupSetup:
             vote from this verifier.
         claim_wait_s: How long a proposal waits for the dispatcher's copy of a claim.
         read_timeout_s: How long reading one executor answer may take.
+        confirm_timeout_s: How long an executor may take to state its key to this verifier
+            when registered (it has just answered the dispatcher the same question).
         max_claims: Most claims per block.
         admin_digest: blake3 digest of the driver's admin capability; only its holder may
             change this verifier's injected behaviour.
@@ -150,6 +152,7 @@ class GroupSetup:
     censor_after: int = 30
     claim_wait_s: float = 5.0
     read_timeout_s: float = 60.0
+    confirm_timeout_s: float = 20.0
     max_claims: int = 256
     admin_digest: bytes = b""  # blake3 of the driver's admin capability (fault injection)
     continuous: bool = False  # benchmarks only: leaders propose empty blocks without pause
@@ -476,10 +479,11 @@ class BftVerifier:
         guard.guard_actor(handle)  # its start-up answer is read strictly, as raw bytes
         try:
             raw = await asyncio.wait_for(
-                asyncio.wrap_future(handle.info.remote().future()), self.setup.read_timeout_s
+                asyncio.wrap_future(handle.info.remote().future()), self.setup.confirm_timeout_s
             )
         except asyncio.TimeoutError:
-            return {"error": f"{eid}: no start-up answer within {self.setup.read_timeout_s:g}s"}
+            why = f"{eid}: no start-up answer within {self.setup.confirm_timeout_s:g}s"
+            return {"error": why}
         except Exception as exc:  # the actor died, or sent what the guard refuses
             return {"error": f"{eid}: no start-up answer: {type(exc).__name__}: {exc}"[:300]}
         try:
@@ -500,7 +504,7 @@ class BftVerifier:
             self._registering[e] for e in self.registry.unknown(claim) if e in self._registering
         ]
         if waits:
-            await asyncio.wait(waits, timeout=self.setup.read_timeout_s)
+            await asyncio.wait(waits, timeout=self.setup.confirm_timeout_s)
         return self.registry.mismatch(claim)
 
     # -- claims ---------------------------------------------------------------------------

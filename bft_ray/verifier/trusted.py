@@ -333,8 +333,9 @@ class TrustedVerifier:
 
         async def ask(v: Any) -> Any:
             try:
+                # The verifiers give each executor 20 s (GroupSetup.confirm_timeout_s).
                 return await asyncio.wait_for(
-                    _as_future(v.register_executors.remote(sig, items)), 120
+                    _as_future(v.register_executors.remote(sig, items)), 60
                 )
             except Exception as exc:
                 return f"{type(exc).__name__}: {exc}"

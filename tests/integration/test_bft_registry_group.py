@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 
 import pytest
 import ray
@@ -37,6 +38,14 @@ class TwoFaced(ExecutorActor):
         return super().info()
 
 
+class Stalling(ExecutorActor):
+    """A Byzantine executor that never answers a verifier's question about its key in time."""
+
+    def info(self) -> bytes:
+        time.sleep(8)
+        return super().info()
+
+
 @pytest.fixture(scope="module")
 def group(ray_module, tmp_path_factory):
     dispatcher = SigningKey.generate()
@@ -44,7 +53,16 @@ def group(ray_module, tmp_path_factory):
     verifiers = [
         ray.remote(BftVerifier)
         .options(num_cpus=0, name=actor_name("registry", i), namespace=NAMESPACE, max_restarts=0)
-        .remote(GroupSetup("registry", i, N, dispatcher.public_bytes, str(root / f"v{i}")))
+        .remote(
+            GroupSetup(
+                "registry",
+                i,
+                N,
+                dispatcher.public_bytes,
+                str(root / f"v{i}"),
+                confirm_timeout_s=2.0,
+            )
+        )
         for i in range(N)
     ]
     keys = ray.get([v.public_key.remote() for v in verifiers], timeout=120)
@@ -53,7 +71,7 @@ def group(ray_module, tmp_path_factory):
         ray.remote(cls)
         .options(num_cpus=0, max_restarts=0)
         .remote(i, f"ex{i}", f"slot{i}", b"c" * 32)
-        for i, cls in enumerate([ExecutorActor, ExecutorActor, ExecutorActor, TwoFaced])
+        for i, cls in enumerate([ExecutorActor, ExecutorActor, ExecutorActor, TwoFaced, Stalling])
     ]
     yield dispatcher, verifiers, executors
     for actor in verifiers + executors:
@@ -94,6 +112,14 @@ def test_a_two_faced_executor_gets_a_different_key_pinned_at_each_verifier(group
     pinned = {a["ex3"]["public_key"] for a in answers}
     # No key reaches 2f + 1 = 3 verifiers, so the dispatcher never admits it (trusted.py).
     assert len(pinned) == N
+
+
+def test_an_executor_that_stalls_is_refused_within_the_confirmation_timeout(group):
+    dispatcher, verifiers, executors = group
+    start = time.monotonic()
+    answers = register(dispatcher, verifiers, items_of(executors)[4:])
+    assert all("no start-up answer within 2s" in a["ex4"]["error"] for a in answers), answers
+    assert time.monotonic() - start < 8  # not held by the executor's 8 s
 
 
 def test_a_claim_that_rekeys_an_honest_executor_is_refused_by_every_verifier(group):
