@@ -136,6 +136,8 @@ class Submitter:
     def _burst(self) -> bool:
         now = time.monotonic()
         with self._cv:
+            if self._closed:
+                return False  # closing: no new batches
             busy = bool(self._queue) or self._in_flight or now - self._last < self.window_s
             self._last = now
         return busy
@@ -151,6 +153,12 @@ class Submitter:
 
     def _enqueue(self, entry: tuple[str, str, str, bytes]) -> None:
         with self._cv:
+            if self._closed:
+                # close() came between _burst and here: the thread may be gone, so this call
+                # goes on its own rather than waiting in a queue nobody sends.
+                self.counters["batched"] += 1
+                self._verifier.submit_many.remote([entry])
+                return
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="bft-ray-submitter", daemon=True

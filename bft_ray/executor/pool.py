@@ -349,6 +349,7 @@ class ExecutorPool:
         # (bft_ray.verifier.registry). Maps an executor id to why it was not admitted.
         self.admit: Callable[[list[tuple[ExecutorInfo, Any]]], Awaitable[dict[str, str]]] | None
         self.admit = None
+        self._grow_tries: dict[int, int] = {}  # slot index -> grows that created it (see grow)
         for s in setup.slots:
             guard.guard_actor(s.handle)  # this process reads their answers too
 
@@ -491,6 +492,11 @@ class ExecutorPool:
                 f"could not place {count} more executors with {self.setup.bundle} each within "
                 f"{timeout:g}s. {_shortfall(self.setup.bundle, count)} Add nodes or scale by less."
             ) from None
+        # A grow that failed leaves its ids pinned by the verifier group (BFT mode): a retry
+        # of the same slots takes the next generation, so its executor ids are new.
+        gens = [self._grow_tries.get(first + j, 0) for j in range(count)]
+        for j in range(count):
+            self._grow_tries[first + j] = gens[j] + 1
         handles = [
             _new_actor(
                 self.setup.actor_options,
@@ -498,7 +504,7 @@ class ExecutorPool:
                 first + j,
                 faults.get(first + j),
                 self.setup.seed,
-                0,
+                gens[j],
                 self.setup.master,
                 bundle=j,
             )
@@ -511,7 +517,7 @@ class ExecutorPool:
         nodes = bundle_nodes(pg)
         try:
             infos = [
-                parse_info(raw, first + j, _executor_id(first + j, 0), nodes.get(j, ""))
+                parse_info(raw, first + j, _executor_id(first + j, gens[j]), nodes.get(j, ""))
                 for j, raw in enumerate(results)
             ]
             problems = await self.admit(list(zip(infos, handles))) if self.admit else {}
@@ -524,7 +530,9 @@ class ExecutorPool:
             raise ExecutorUnavailableError(str(exc)) from None
         added = []
         for j, (h, info) in enumerate(zip(handles, infos)):
-            slot = Slot(first + j, h, info, faults.get(first + j), group=pg, bundle=j)
+            slot = Slot(
+                first + j, h, info, faults.get(first + j), generation=gens[j], group=pg, bundle=j
+            )
             self.slots[slot.index] = slot
             self.by_id[info.executor_id] = slot
             self.infos[info.executor_id] = info

@@ -799,7 +799,8 @@ def take_shared_proofs(acks: list) -> list:
         if type(at) is int and 0 <= at < k and ack.get("commit_proof") is None:
             src = acks[at]
             proof = src.get("commit_proof") if isinstance(src, dict) else None
-            same = isinstance(src, dict) and src.get("block_id") == ack.get("block_id")
+            bid = ack.get("block_id")
+            same = isinstance(src, dict) and type(bid) is bytes and src.get("block_id") == bid
             ack = {name: value for name, value in ack.items() if name != "proof_at"}
             ack["commit_proof"] = proof if same and isinstance(proof, bytes) else None
         out.append(ack)

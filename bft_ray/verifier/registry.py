@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable
 
 from bft_ray.compare import wire
@@ -52,19 +53,18 @@ def registration_bytes(pairs: Iterable[tuple[str, str]]) -> bytes:
     return _DOMAIN + wire.encode([[eid, aid] for eid, aid in pairs])
 
 
+_EXECUTOR_ID = re.compile(r"ex([0-9]+)(?:\.[0-9]+)?", re.ASCII)
+
+
 def slot_of_executor(executor_id: str) -> str:
     """The slot an executor id belongs to (``ex3`` and ``ex3.2`` are ``slot3``), or ``""``.
 
     Example:
-        >>> slot_of_executor("ex3.2"), slot_of_executor("nope")
-        ('slot3', '')
+        >>> slot_of_executor("ex3.2"), slot_of_executor("nope"), slot_of_executor("ex\u00b2")
+        ('slot3', '', '')
     """
-    head, _, generation = executor_id.partition(".")
-    if not head.startswith("ex") or not head[2:].isdigit():
-        return ""
-    if generation and not generation.isdigit():
-        return ""
-    return f"slot{int(head[2:])}"
+    m = _EXECUTOR_ID.fullmatch(executor_id) if isinstance(executor_id, str) else None
+    return f"slot{int(m.group(1))}" if m else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +166,8 @@ def unconfirmed(keys: dict[str, bytes], answers: list, n: int) -> dict[str, str]
         seen = []
         for a in answers:
             got = a.get(eid) if isinstance(a, dict) else None
-            if isinstance(got, dict) and got.get("public_key") == key:
+            pinned = got.get("public_key") if isinstance(got, dict) else None
+            if type(pinned) is bytes and pinned == key:  # exact type: the answer is untrusted
                 seen.append("ok")
             elif isinstance(got, dict):
                 seen.append(str(got.get("error") or "pinned another key")[:200])

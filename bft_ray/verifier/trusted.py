@@ -217,6 +217,7 @@ class TrustedVerifier:
         self._outbox: dict[str, list] = {}  # executor id -> replicas waiting for the flush
         self._flush_scheduled = False
         self._by_ray_task: OrderedDict[str, str] = OrderedDict()  # Ray task id -> task id
+        self._task_ids: OrderedDict[str, None] = OrderedDict()  # every task id taken in
         self._waiting_args: set[str] = set()
         self._active: dict[str, _Replication] = {}
         self._close_tokens: dict[str, bytes] = {}
@@ -308,6 +309,7 @@ class TrustedVerifier:
         self._authorise(capability)
         self.group = list(handles)
         self.group_keys = list(keys)
+        self._proof_checker = None  # checks proofs against these keys from now on
         self.certify_timeout_s = timeout_s
         # Every verifier confirms each executor's key with the actor itself before the executor
         # gets work (bft_ray.verifier.registry); respawned and added ones too.
@@ -443,6 +445,10 @@ class TrustedVerifier:
                 # A caller's pickle, as trusted as any caller's arguments (Ray unpickles those
                 # anyway); never an executor's object, which only the guard reads.
                 call, fn_key, args, kwargs = pickle.loads(blob)
+                if not isinstance(call, CallSpec) or call.task_id != task_id:
+                    # The ref was bound to ``task_id`` above: a call under another id would
+                    # make certificate(ref) find that other call.
+                    raise ConfigError(f"{task_id}: the batched call names another task id")
                 work = self._call_work(call, fn_key, args, kwargs)
             except Exception as exc:
                 self._deliver(Delivery(ticket, "error", exc))
@@ -455,6 +461,10 @@ class TrustedVerifier:
     ) -> None:
         try:
             returns = await self._verdict(call, work, ray_task)
+        except asyncio.CancelledError:
+            # The caller's ref must not wait forever for a verdict nobody will deliver.
+            self._deliver(Delivery(ticket, "error", VerificationError(f"{call.name}: cancelled")))
+            raise
         except Exception as exc:
             self._deliver(Delivery(ticket, "error", exc))
             return
@@ -464,7 +474,10 @@ class TrustedVerifier:
     def _deliver(self, d: Delivery) -> None:
         if d.status == "error":
             try:
-                pickle.dumps(d.payload)  # one unpicklable error must not sink a whole batch
+                # One error that cannot travel must not sink a whole batch: it must pickle, and
+                # unpickle too (an exception class whose __init__ takes other arguments than
+                # its args does not, and the desk would fail to read the batch).
+                pickle.loads(pickle.dumps(d.payload))
             except Exception as exc:
                 d = Delivery(
                     d.ticket,
@@ -494,11 +507,22 @@ class TrustedVerifier:
         return batch
 
     def _call_work(self, call: CallSpec, fn_key: str, args: list, kwargs: dict) -> Any:
-        """The coroutine that verifies one function call (not started)."""
+        """The coroutine that verifies one function call (not started).
+
+        Raises:
+            ConfigError: The function was never registered, or the task id was used before:
+                a second call under a task id would replace the first one's certificate for
+                everyone who looks it up (a worker that learned a task id could do that).
+        """
+        if call.task_id in self._task_ids:
+            raise ConfigError(f"{call.name}: task id {call.task_id} was already used")
         fn_ref = self._function_refs.get(fn_key)
         if fn_ref is None:
             raise ConfigError(f"{call.name}: function {fn_key} was never registered")
 
+        self._task_ids[call.task_id] = None
+        while len(self._task_ids) > 2 * self.keep_certificates:
+            self._task_ids.popitem(last=False)
         invoke, confirmed = self._invoker(call, fn_key, fn_ref, args, kwargs)
         plan = call.plan
         spot = isinstance(plan, SpotCheck) and self.group is None
@@ -800,7 +824,8 @@ class TrustedVerifier:
         ``ray_task`` is the Ray task id (hex) of the caller's ref: ``certificate`` and
         ``phases`` find the call by it.
         """
-        self._by_ray_task[ray_task] = call.task_id
+        # Never rebinds: on the batched path submit_many bound the ref's Ray task first.
+        self._by_ray_task.setdefault(ray_task, call.task_id)
         try:
             value, cert = await work
         except Exception as exc:
@@ -1065,7 +1090,7 @@ class TrustedVerifier:
         try:
             for nxt in asyncio.as_completed(pending, timeout=self.certify_timeout_s):
                 i, ack = await nxt
-                if not isinstance(ack, dict) or not ack.get("ok"):
+                if not isinstance(ack, dict) or ack.get("ok") is not True:
                     refusals.append(str(ack.get("reason") if isinstance(ack, dict) else ack))
                     if isinstance(ack, dict) and isinstance(ack.get("unregistered"), list):
                         self._reregister(ack.get("index", -1), ack["unregistered"])
@@ -1352,17 +1377,18 @@ class TrustedVerifier:
                 except Exception as exc:  # a crashed verifier: the others suffice
                     refusals.append(f"a verifier failed: {type(exc).__name__}")
                     continue
-                if not isinstance(ack, dict) or not ack.get("ok"):
+                if not isinstance(ack, dict) or ack.get("ok") is not True:
                     refusals.append(str(ack.get("reason") if isinstance(ack, dict) else ack))
                     if isinstance(ack, dict) and isinstance(ack.get("unregistered"), list):
                         self._reregister(ack.get("index", -1), ack["unregistered"])
                     if len(refusals) > f:
                         break  # at most 2f verifiers left: 2f + 1 signatures are out of reach
                     continue
-                pub, sig = ack.get("public_key"), ack.get("signature")
-                where = (ack.get("block_round"), ack.get("block_id"))
-                if pub not in known or not isinstance(sig, bytes) or not isinstance(where[0], int):
+                signed_by = ack_signer(ack, known)
+                if signed_by is None:
+                    refusals.append("a verifier answered out of shape")
                     continue
+                pub, sig, where = signed_by
                 self._note_view(views, where, ack, pub, f)
                 if claim.step == "fail":
                     stmt = fail_statement(claim.task_id, where[0], where[1])
@@ -1461,7 +1487,10 @@ class TrustedVerifier:
             stops = tuple((str(e), str(st)) for e, st in ack.get("blocked", ()))
         except (TypeError, ValueError):
             return
-        view = (where, ack.get("standing_digest"), stops)
+        digest = ack.get("standing_digest")
+        if type(digest) is not bytes:
+            return
+        view = (where, digest, stops)
         views.setdefault(view, set()).add(pub)
         if len(views[view]) == f + 1:
             self._adopt_view(where[0], stops)
@@ -2407,6 +2436,33 @@ def _submit(method: Any, *args: Any, **kwargs: Any) -> Any:
         return method.remote(*args, **kwargs)
     except Exception as exc:
         return exc
+
+
+def ack_signer(ack: dict, known: set[bytes]) -> tuple[bytes, bytes, tuple[int, bytes]] | None:
+    """``(public key, signature, (block round, block id))`` of a verifier's ok-ack, or ``None``.
+
+    A faulty verifier's ack may hold anything, so exact types are required before any value is
+    hashed or compared (an unhashable block id once made the whole call fail).
+
+    Example:
+        >>> ack_signer({"public_key": b"k", "signature": b"s", "block_round": 3,
+        ...             "block_id": b"b"}, {b"k"})
+        (b'k', b's', (3, b'b'))
+        >>> ack_signer({"public_key": b"k", "signature": b"s", "block_round": 3,
+        ...             "block_id": [1]}, {b"k"}) is None
+        True
+    """
+    pub, sig = ack.get("public_key"), ack.get("signature")
+    rnd, bid = ack.get("block_round"), ack.get("block_id")
+    if (
+        type(pub) is bytes
+        and pub in known
+        and type(sig) is bytes
+        and type(rnd) is int
+        and type(bid) is bytes
+    ):
+        return pub, sig, (rnd, bid)
+    return None
 
 
 def _hand_out(futs: list[asyncio.Future], answer: asyncio.Future) -> None:

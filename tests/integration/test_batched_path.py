@@ -5,6 +5,7 @@ outvoted, and no call left hanging when the verifier dies (see ``bft_ray.submiss
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import ray
@@ -139,6 +140,28 @@ def test_a_worker_that_knows_the_task_ids_cannot_take_their_results(cluster):
     verifier = ray.get_actor("verifier:default", namespace="bft_ray")
     ray.get(verifier.submit_many.remote([("square-forged", victim, "0" * 32, b"junk")]))
     assert ray.get(verifier.task_ids.remote([victim])) == [task_ids[-1]]
+
+    # A real batched call's pickle, replayed by a worker that saw it: (1) under the victim's
+    # task id and ref, so that the ref's certificate would become this call's; (2) again under
+    # its own task id, so that its certificate would be replaced by a second run's.
+    sub, captured = cluster._submitter, []
+    enqueue = sub._enqueue
+    sub._enqueue = lambda entry: (captured.append(entry), enqueue(entry))
+    try:
+        more = [nap.remote(100 + i) for i in range(4)]
+    finally:
+        sub._enqueue = enqueue
+    assert ray.get(more, timeout=120) == [100, 101, 102, 103] and captured
+    real_task, real_ray_task, _, blob = captured[-1]
+    (real_ref,) = [r for r in more if r.task_id().hex() == real_ray_task]
+    before = bft_ray.certificate(real_ref).to_json()
+    forged = [(task_ids[-1], victim, "1" * 32, blob), (real_task, "ab" * 14, "2" * 32, blob)]
+    ray.get(verifier.submit_many.remote(forged))
+    deadline = time.monotonic() + 3  # a second run of nap would land within about 0.5 s
+    while time.monotonic() < deadline:
+        assert ray.get(verifier.task_ids.remote([victim])) == [task_ids[-1]]
+        assert bft_ray.certificate(real_ref).to_json() == before
+        time.sleep(0.25)
 
 
 def test_calls_waiting_at_the_desk_fail_when_the_verifier_dies(ray_module):

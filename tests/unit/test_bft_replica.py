@@ -593,3 +593,30 @@ def test_a_batch_answer_carries_each_proof_once_and_a_lying_pointer_gets_none():
     ]
     taken = take_shared_proofs(lies)
     assert [a["commit_proof"] for a in taken] == [None, None, p2, None, None, None]
+
+
+def test_a_faulty_verifiers_answers_of_any_shape_are_refused_without_raising():
+    """One Byzantine verifier's ack held a list where a block id goes, and the dispatcher's
+    certify loop raised on it, failing the call; its registration and proof answers had the
+    same kind of hole (a numpy array cannot even be compared with ``==`` in an ``if``)."""
+    from bft_ray.verifier.group import take_shared_proofs
+    from bft_ray.verifier.registry import unconfirmed
+    from bft_ray.verifier.trusted import ack_signer
+
+    key, arr = b"k" * 32, np.zeros(3)
+    good = {"public_key": key, "signature": b"s" * 64, "block_round": 4, "block_id": b"b" * 32}
+    assert ack_signer(good, {key}) == (key, b"s" * 64, (4, b"b" * 32))
+    for field, junk in [
+        ("block_id", [1]),
+        ("block_id", arr),
+        ("block_round", True),
+        ("block_round", 4.0),
+        ("public_key", [key]),
+        ("public_key", arr),
+        ("signature", "s"),
+    ]:
+        assert ack_signer({**good, field: junk}, {key}) is None, field
+    assert unconfirmed({"ex0": key}, [{"ex0": {"public_key": arr}}] * 4, 4)
+    assert unconfirmed({"ex0": key}, [{"ex0": {"public_key": key}}] * 3 + [arr], 4) == {}
+    shared = [{"block_id": b"1", "commit_proof": b"p"}, {"block_id": arr, "proof_at": 0}]
+    assert take_shared_proofs(shared)[1]["commit_proof"] is None
