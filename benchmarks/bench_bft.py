@@ -57,6 +57,7 @@ import ray
 from rich.console import Console
 
 import bft_ray
+from bft_ray.actor_facade import public_actor
 from bft_ray.crypto import SigningKey
 from bft_ray.progress import Bar, progress_bar
 from bft_ray.verifier.group import NAMESPACE, BftVerifier, GroupSetup, actor_name
@@ -239,7 +240,7 @@ def start_bft_group(n: int, name: str, ledger_root: str) -> list:
         ledger_dir = os.path.join(ledger_root, name, f"v{i}")
         setup = GroupSetup(name, i, n, dispatcher_key, ledger_dir, continuous=True)
         handles.append(
-            ray.remote(BftVerifier)
+            ray.remote(public_actor(BftVerifier))
             .options(
                 num_cpus=0,
                 name=actor_name(name, i),

@@ -41,6 +41,7 @@ from ray import ObjectRef
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from bft_ray import faults as fault_lib
+from bft_ray.actor_facade import public_actor
 from bft_ray.compare.digest import digest_wire
 from bft_ray.compare.wire import UnsupportedTypeError, encode
 from bft_ray.config import ClusterSpec, Policy, Tolerance, validated
@@ -743,7 +744,7 @@ def init(
     )
 
     def trusted_actor(cls: type, actor_name: str, concurrency: int) -> Any:
-        return ray.remote(cls).options(
+        return ray.remote(public_actor(cls)).options(
             num_cpus=0,
             max_restarts=0,
             max_concurrency=concurrency,
@@ -834,7 +835,7 @@ def _start_group(
             admin_digest=blake3.blake3(admin).digest(),
             rules=rules,
         )
-        handles.append(ray.remote(BftVerifier).options(**options).remote(setup))
+        handles.append(ray.remote(public_actor(BftVerifier)).options(**options).remote(setup))
     keys = ray.get([h.public_key.remote() for h in handles], timeout=120)
     ray.get([h.start.remote(keys) for h in handles], timeout=120)
     # Attaching registers every executor with every verifier (up to 20 s for one that stalls).

@@ -30,6 +30,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from bft_ray.actor_facade import public_actor
 from bft_ray.compare.wire import WireFormatError, decode, decode_canonical, encode
 from bft_ray.config import ClusterSpec
 from bft_ray.errors import ConfigError, ExecutorUnavailableError
@@ -47,7 +48,8 @@ __all__ = ["ExecutorPool", "PoolSetup", "Slot", "create_pool", "local_gpu_count"
 
 logger = logging.getLogger(__name__)
 
-_RemoteExecutor = ray.remote(ExecutorActor)
+# Only its public methods reach Ray: any worker can call an actor it has a handle to.
+_RemoteExecutor = ray.remote(public_actor(ExecutorActor))
 
 
 @dataclasses.dataclass

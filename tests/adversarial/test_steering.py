@@ -203,6 +203,31 @@ def test_the_verifier_refuses_steering_without_the_drivers_capability(cluster):
         assert isinstance(exc, bft_ray.CapabilityError) or "capabilit" in str(exc).lower(), exc
 
 
+def test_no_private_method_of_a_trusted_actor_or_an_executor_is_callable_through_ray(cluster):
+    """Ray makes every method of an actor class an actor task, underscores included, and any
+    worker can look a named actor up. The private methods take no capability (only the actor
+    itself was to call them): ``_adopt_view`` would quarantine honest executors, ``_store``
+    rewrite a certificate, ``_answer`` make an honest executor sign an output it never
+    computed. Only public methods reach Ray (bft_ray/actor_facade.py)."""
+    verifier = ray.get_actor("verifier:default", namespace="bft_ray")
+    desk = ray.get_actor("results:default", namespace="bft_ray")
+    executor = _victim_handle(cluster)
+    before = all_counts(cluster)
+    for handle, name in [
+        (verifier, "_adopt_view"),
+        (verifier, "_store"),
+        (verifier, "_deliver"),
+        (desk, "_hand"),
+        (executor, "_answer"),
+        (executor, "_authorise"),
+    ]:
+        with pytest.raises(AttributeError):
+            getattr(handle, name).remote()
+    # The public API is all there: a verified call still works, and so does the desk.
+    assert bft_ray.get(triple.remote(5), timeout=120) == 15
+    _still_honest(cluster, before)
+
+
 def test_the_verifier_refuses_shutdown_without_the_drivers_capability(cluster):
     """Last in the module: an unprotected shutdown would stop the executors for good."""
     verifier = cluster._verifier

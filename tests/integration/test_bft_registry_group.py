@@ -16,6 +16,7 @@ import ray
 from adversarial.test_bft_registry import honest_claim
 from ray import cloudpickle
 
+from bft_ray.actor_facade import public_actor
 from bft_ray.crypto import SigningKey
 from bft_ray.errors import CapabilityError
 from bft_ray.executor.actor import ExecutorActor
@@ -51,7 +52,7 @@ def group(ray_module, tmp_path_factory):
     dispatcher = SigningKey.generate()
     root = tmp_path_factory.mktemp("registry-ledgers")
     verifiers = [
-        ray.remote(BftVerifier)
+        ray.remote(public_actor(BftVerifier))
         .options(num_cpus=0, name=actor_name("registry", i), namespace=NAMESPACE, max_restarts=0)
         .remote(
             GroupSetup(
@@ -68,11 +69,13 @@ def group(ray_module, tmp_path_factory):
     keys = ray.get([v.public_key.remote() for v in verifiers], timeout=120)
     ray.get([v.start.remote(keys) for v in verifiers], timeout=120)
     executors = [
-        ray.remote(cls)
+        ray.remote(public_actor(cls))
         .options(num_cpus=0, max_restarts=0)
         .remote(i, f"ex{i}", f"slot{i}", b"c" * 32)
         for i, cls in enumerate([ExecutorActor, ExecutorActor, ExecutorActor, TwoFaced, Stalling])
     ]
+    # Up and answering, as the pool has them before it registers them (the stalling one aside).
+    ray.get([e.info.remote() for e in executors[:4]], timeout=120)
     yield dispatcher, verifiers, executors
     for actor in verifiers + executors:
         ray.kill(actor, no_restart=True)
