@@ -187,8 +187,10 @@ def test_a_replicated_instance_is_constructed_on_the_record(cluster):
 
 
 # A bounded sample in `make test`: the two that attack certificates and verdicts directly plus
-# censorship; silence, wrong votes and equivocation (also covered by the Twins and simulator
-# suites of the consensus core) run in `make test-full`.
+# censorship; silence, wrong votes, equivocation and forged signatures run in `make test-full`
+# (each is also covered without Ray: tests/unit/test_bft_replica.py's network of verifier
+# replicas, and the consensus core's suites, whose simulator runs a forging node and whose
+# node test refuses forged messages).
 _SLOW = pytest.mark.slow
 
 
@@ -199,7 +201,7 @@ _SLOW = pytest.mark.slow
         "censor",
         "bad_verdict",
         pytest.param("wrong_vote", marks=_SLOW),
-        "forge",
+        pytest.param("forge", marks=_SLOW),
         pytest.param("equivocate", marks=_SLOW),
     ],
 )

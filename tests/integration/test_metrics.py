@@ -171,6 +171,7 @@ def bft_ready(s: Samples) -> bool:
     )
 
 
+@pytest.mark.slow  # about 20 s: `make test-full`; make test keeps the trusted verifier's metrics
 def test_bft_group_metrics(port, tmp_path):
     cluster = bft_ray.init(
         executors=N_EXEC,
