@@ -447,13 +447,10 @@ class ExecutorPool:
             raw = await asyncio.wait_for(_future(handle.info.remote()), timeout=300)
             node = bundle_nodes(group).get(bundle, slot.info.node_id)
             info = parse_info(raw, slot.index, _executor_id(slot.index, slot.generation), node)
-            problem = (
-                (await self.admit([(info, handle)])).get(info.executor_id, "")
-                if (self.admit is not None)
-                else ""
-            )
-            if problem:
-                raise BadExecutorInfo(problem)
+            if self.admit is not None:  # BFT mode: the group confirms the key first
+                problem = (await self.admit([(info, handle)])).get(info.executor_id, "")
+                if problem:
+                    raise BadExecutorInfo(problem)
         except Exception as exc:
             logger.error("respawn of slot %d failed: %s", slot.index, exc)
             ray.kill(handle, no_restart=True)
