@@ -279,17 +279,11 @@ class BftVerifier:
         app.continuous = s.continuous
         # After a restart: the same committed set, reputation and standing as before the crash
         # (the standing is derived from committed entries only, so replaying them rebuilds it).
-        # The registry learns only the current run's executors (decode now takes the current
-        # dispatcher's entries only): a former run's ex0 had another key.
+        # The registry learns only the current run's executors (restore returns the current
+        # dispatcher's claims only): a former run's ex0 had another key.
         blocks = [b for _, b in ledger.committed(1)]
-        app.restore(blocks, former_dispatchers or ())
-        for block in blocks:
-            try:
-                entries = decode_payload(block.payload)
-            except ClaimError:
-                continue  # never committed by honest voters; nothing to learn
-            for entry in entries:
-                self._learn(app.decode(entry))
+        for sc in app.restore(blocks, former_dispatchers or ()):
+            self._learn(sc)
         node = Node(
             NodeConfig(
                 s.index,

@@ -338,7 +338,9 @@ class VerdictApp:
         self.reputation.apply(record)
         self.rules.apply_claim(self.standing, self.reputation, sc.claim)
 
-    def restore(self, blocks: Sequence[Block], former_keys: Sequence[bytes] = ()) -> None:
+    def restore(
+        self, blocks: Sequence[Block], former_keys: Sequence[bytes] = ()
+    ) -> list[SignedClaim]:
         """Rebuild the committed set, reputation and standing from committed blocks (after a
         restart): the same entries in the same order give the same state.
 
@@ -348,15 +350,25 @@ class VerdictApp:
                 were committed under those keys, so they are applied too (a new run keeps the
                 standing of the last). Only here: a live block needs the current key, so an old
                 entry replayed by a leader is never applied twice.
+
+        Returns:
+            The current dispatcher's claims among them, in commit order (the verifier pins
+            their executors; a former run's executors had other keys).
         """
         current = self.dispatcher_key
+        mine: list[SignedClaim] = []
         try:
             self._accepted = {current, *former_keys}
             for block in blocks:
-                self.commit(block)
+                for c in self.commit(block):
+                    if isinstance(c.claim, SignedClaim) and (
+                        not former_keys or c.claim.verify(current)
+                    ):
+                        mine.append(c.claim)
         finally:
             self._accepted = {current}
             self._decoded.clear()  # nothing decoded under a former key outlives the restore
+        return mine
 
     def standing_digest(self) -> bytes:
         """Digest of the standing (equal on every honest verifier; see ``Standing.digest``)."""
