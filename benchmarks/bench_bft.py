@@ -32,6 +32,13 @@ sides of each comparison are measured on the same machine state, interleaved:
    (trusted, BFT n=4, BFT n=7) alternate, a fresh ``bft_ray.init`` each time (only one cluster
    per process at a time; ``bft_ray.shutdown()`` leaves the Ray session started here running).
 
+4. **Release at the verdict** (``bft4v``): the same sessions as BFT n=4 with
+   ``bft_ray.init(verifiers=4, release="verdict")``, where a value returns at the dispatcher's
+   verdict and its certificate follows. The same one-at-a-time and 12-in-flight comparisons;
+   its bursts report both when the values were back and when the last certificate was in
+   (the dispatcher's ``settle``), and the verifiers' CPU up to the latter. Reported beside the
+   default mode, never instead of it.
+
 Prints a table of every number, ratio and target; writes ``benchmarks/results/bft.json`` and
 ``bft.png``.
 
@@ -380,8 +387,13 @@ def measure_consensus(
 # -- 2./3. cluster sessions ---------------------------------------------------------------
 
 
-def burst(n_calls: int, group: list, dispatcher: Any, executors: list) -> dict:
-    """``n_calls`` trivial verified calls submitted at once; per-call latency to ready."""
+def burst(
+    n_calls: int, group: list, dispatcher: Any, executors: list, certified_later: bool = False
+) -> dict:
+    """``n_calls`` trivial verified calls submitted at once; per-call latency to ready.
+
+    ``certified_later`` (release="verdict"): also wait until the dispatcher holds every
+    certificate, and measure the CPU up to then."""
     vpids = list(actor_pids(group).values()) if group else []
     dpids = list(actor_pids([dispatcher]).values())
     epids = list(actor_pids(executors).values())
@@ -408,6 +420,10 @@ def burst(n_calls: int, group: list, dispatcher: Any, executors: list) -> dict:
             now = time.perf_counter()
             latency += [now - submitted[r] for r in ready]
         wall = time.perf_counter() - t0
+        certified_wall = None
+        if certified_later:
+            ray.get(dispatcher.settle.remote(), timeout=300)
+            certified_wall = time.perf_counter() - t0
         cv1, cd1, ce1 = cpu_of(vpids), cpu_of(dpids), cpu_of(epids)
     values = bft_ray.get(refs, timeout=60)
     assert values == [i + 1 for i in range(n_calls)], "wrong verified values"
@@ -415,6 +431,8 @@ def burst(n_calls: int, group: list, dispatcher: Any, executors: list) -> dict:
         "calls": n_calls,
         "wall_s": wall,
         "verdicts_per_s": n_calls / wall,
+        "certified_wall_s": certified_wall,
+        "certified_per_s": n_calls / certified_wall if certified_wall else None,
         "submit_s": t_sub - t0,
         "latency_p50_ms": pct(latency, 0.5) * 1e3,
         "latency_p99_ms": pct(latency, 0.99) * 1e3,
@@ -563,7 +581,7 @@ def group_check(cluster: Any) -> dict:
 
 
 def session(mode: str, args: argparse.Namespace, actors: list, ledger_root: str, k: int) -> dict:
-    verifiers = {"trusted": 1, "bft4": 4, "bft7": 7}[mode]
+    verifiers = {"trusted": 1, "bft4": 4, "bft4v": 4, "bft7": 7}[mode]
     t = time.perf_counter()
     cluster = bft_ray.init(
         executors=EXECUTORS,
@@ -571,6 +589,7 @@ def session(mode: str, args: argparse.Namespace, actors: list, ledger_root: str,
         gpus_per_executor=0,
         cpus_per_executor=1,
         ledger_dir=os.path.join(ledger_root, f"{mode}-{k}") if verifiers > 1 else None,
+        release="verdict" if mode == "bft4v" else "certified",
     )
     out: dict[str, Any] = {"mode": mode, "verifiers": verifiers, "init_s": time.perf_counter() - t}
     try:
@@ -583,11 +602,17 @@ def session(mode: str, args: argparse.Namespace, actors: list, ledger_root: str,
         out["warmup_s"] = time.perf_counter() - t
         out["bursts"] = []
         for _ in range(args.bursts):
-            row = burst(args.burst, group, dispatcher, executors)
+            row = burst(args.burst, group, dispatcher, executors, mode == "bft4v")
             out["bursts"].append(row)
             print(
                 f"  {mode:>7} burst of {row['calls']}: {row['verdicts_per_s']:6.1f} verdicts/s, "
                 f"p50 {row['latency_p50_ms']:.0f} ms, p99 {row['latency_p99_ms']:.0f} ms"
+                + (
+                    f", all certified after {row['certified_wall_s']:.2f} s "
+                    f"({row['certified_per_s']:.1f}/s)"
+                    if row["certified_wall_s"]
+                    else ""
+                )
                 + (
                     f", {row['claims_per_block_incl_empty']:.1f} claims/block, "
                     f"{row['verifier_cpu_ms_per_verdict_per_verifier'] or float('nan'):.2f} "
@@ -604,7 +629,7 @@ def session(mode: str, args: argparse.Namespace, actors: list, ledger_root: str,
                 + f" (other processes {row['other_processes_cpu_s']:.1f} CPU-s)",
                 flush=True,
             )
-        if mode in ("bft4", "trusted"):
+        if mode in ("bft4", "bft4v", "trusted"):
             before = ray.get([h.status.remote() for h in group], timeout=60) if group else []
             with Noise() as noise:
                 lat = one_at_a_time(actors, args.latency_samples)
@@ -619,7 +644,7 @@ def session(mode: str, args: argparse.Namespace, actors: list, ledger_root: str,
                 f"{statistics.median(lat['plain3']) * 1e3:.1f} ms (median)",
                 flush=True,
             )
-        if mode == "bft4":
+        if mode in ("bft4", "bft4v"):
             out["inflight"] = {"bft": [], "plain3": [], "plain4": []}
             before = ray.get([h.status.remote() for h in group], timeout=60)
             for r in range(args.inflight_rounds):
@@ -637,6 +662,9 @@ def session(mode: str, args: argparse.Namespace, actors: list, ledger_root: str,
             after = ray.get([h.status.remote() for h in group], timeout=60)
             out["inflight_group"] = group_delta(before, after)
         if group:
+            # Certificates still being committed (release="verdict") first: the check then
+            # sees whether the group goes quiet once its work is done.
+            ray.get(dispatcher.settle.remote(), timeout=300)
             out["group_check"] = group_check(cluster)
         out["counters"] = cluster.report().counters
     finally:
@@ -661,6 +689,7 @@ def summarise(sessions: list[dict]) -> dict:
             k: med(mode, k)
             for k in (
                 "verdicts_per_s",
+                "certified_per_s",
                 "latency_p50_ms",
                 "latency_p99_ms",
                 "claims_per_block_incl_empty",
@@ -672,7 +701,11 @@ def summarise(sessions: list[dict]) -> dict:
         }
         verdicts[mode]["bursts"] = len(by[mode])
     e2e: dict[str, Any] = {}
-    for mode, key in (("bft4", "one_at_a_time"), ("trusted", "one_at_a_time_trusted")):
+    for mode, key in (
+        ("bft4", "one_at_a_time"),
+        ("bft4v", "one_at_a_time_verdict"),
+        ("trusted", "one_at_a_time_trusted"),
+    ):
         lat: dict[str, list[float]] = {"verified": [], "plain3": []}
         for s in sessions:
             if s["mode"] == mode:
@@ -689,30 +722,12 @@ def summarise(sessions: list[dict]) -> dict:
                 "verified_p90_ms": pct(lat["verified"], 0.9) * 1e3,
                 "plain3_p90_ms": pct(lat["plain3"], 0.9) * 1e3,
                 "ratio_verified_over_plain": mb / mp,
-                "target_ratio_max": LATENCY_TARGET if mode == "bft4" else None,
+                "target_ratio_max": LATENCY_TARGET if mode != "trusted" else None,
             }
-    infl: dict[str, list[dict]] = {"bft": [], "plain3": [], "plain4": []}
-    for s in sessions:
-        if s["mode"] == "bft4":
-            for k in infl:
-                infl[k] += s["inflight"][k]
-    if infl["bft"]:
-
-        def m(side: str, key: str) -> float:
-            return statistics.median(r[key] for r in infl[side])
-
-        e2e["inflight"] = {"inflight": INFLIGHT, "rounds": len(infl["bft"])}
-        for ref in ("plain3", "plain4"):
-            e2e["inflight"][ref] = {
-                "bft_calls_per_s": m("bft", "calls_per_s"),
-                "plain_calls_per_s": m(ref, "calls_per_s"),
-                "bft_latency_p50_ms": m("bft", "latency_p50_ms"),
-                "plain_latency_p50_ms": m(ref, "latency_p50_ms"),
-                "throughput_ratio_plain_over_bft": m(ref, "calls_per_s") / m("bft", "calls_per_s"),
-                "latency_ratio_bft_over_plain": m("bft", "latency_p50_ms")
-                / m(ref, "latency_p50_ms"),
-                "target_ratio_max": INFLIGHT_TARGET,
-            }
+    for mode, key in (("bft4", "inflight"), ("bft4v", "inflight_verdict")):
+        infl = _inflight(sessions, mode)
+        if infl is not None:
+            e2e[key] = infl
     tv, bv = verdicts.get("trusted", {}), verdicts.get("bft4", {})
     if tv.get("verdicts_per_s") and bv.get("verdicts_per_s"):
         e2e["trivial_bft_vs_trusted"] = {
@@ -722,6 +737,33 @@ def summarise(sessions: list[dict]) -> dict:
             "target_ratio_min": TRUSTED_TARGET,
         }
     return {"verdicts": verdicts, "end_to_end": e2e}
+
+
+def _inflight(sessions: list[dict], mode: str) -> dict | None:
+    """The 12-in-flight comparison of ``mode``'s sessions (medians over the closed loops)."""
+    infl: dict[str, list[dict]] = {"bft": [], "plain3": [], "plain4": []}
+    for s in sessions:
+        if s["mode"] == mode:
+            for k in infl:
+                infl[k] += s["inflight"][k]
+    if not infl["bft"]:
+        return None
+
+    def m(side: str, key: str) -> float:
+        return statistics.median(r[key] for r in infl[side])
+
+    out: dict[str, Any] = {"mode": mode, "inflight": INFLIGHT, "rounds": len(infl["bft"])}
+    for ref in ("plain3", "plain4"):
+        out[ref] = {
+            "bft_calls_per_s": m("bft", "calls_per_s"),
+            "plain_calls_per_s": m(ref, "calls_per_s"),
+            "bft_latency_p50_ms": m("bft", "latency_p50_ms"),
+            "plain_latency_p50_ms": m(ref, "latency_p50_ms"),
+            "throughput_ratio_plain_over_bft": m(ref, "calls_per_s") / m("bft", "calls_per_s"),
+            "latency_ratio_bft_over_plain": m("bft", "latency_p50_ms") / m(ref, "latency_p50_ms"),
+            "target_ratio_max": INFLIGHT_TARGET,
+        }
+    return out
 
 
 def table(consensus: dict, summary: dict) -> list[tuple[str, str, str, str]]:
@@ -787,6 +829,17 @@ def table(consensus: dict, summary: dict) -> list[tuple[str, str, str, str]]:
                 met(o["ratio_verified_over_plain"] <= LATENCY_TARGET),
             )
         )
+    if "one_at_a_time_verdict" in e2e:
+        o = e2e["one_at_a_time_verdict"]
+        rows.append(
+            (
+                f"  release='verdict': BFT n=4 {o['verified_median_ms']:.1f} vs plain x3 "
+                f"{o['plain3_median_ms']:.1f} ms median (value before its certificate)",
+                f"{o['ratio_verified_over_plain']:.3f}",
+                f"<= {LATENCY_TARGET}",
+                met(o["ratio_verified_over_plain"] <= LATENCY_TARGET),
+            )
+        )
     if "one_at_a_time_trusted" in e2e:
         o = e2e["one_at_a_time_trusted"]
         rows.append(
@@ -798,10 +851,14 @@ def table(consensus: dict, summary: dict) -> list[tuple[str, str, str, str]]:
                 "-",
             )
         )
-    for ref in ("plain3", "plain4"):
-        if "inflight" in e2e:
-            i = e2e["inflight"][ref]
+    for key, ref in [
+        (k, r) for k in ("inflight", "inflight_verdict") for r in ("plain3", "plain4")
+    ]:
+        if key in e2e:
+            i = e2e[key][ref]
             label = "3 plain actors" if ref == "plain3" else "3 of 4 plain actors (same capacity)"
+            if key == "inflight_verdict":
+                label += ", release='verdict'"
             rows.append(
                 (
                     f"50 ms, {INFLIGHT} in flight vs {label}: throughput BFT "
@@ -897,12 +954,12 @@ def main() -> None:
         actors = [PlainExecutor.remote() for _ in range(PLAIN_ACTORS)]
         ray.get([a.nap.remote(0) for a in actors], timeout=120)
         print(
-            f"2./3. cluster sessions: trusted, BFT n=4, BFT n=7 alternating, "
+            f"2.-4. cluster sessions: trusted, BFT n=4, BFT n=4 release=verdict, BFT n=7 alternating, "
             f"{args.session_rounds} each; bursts of {args.burst}",
             flush=True,
         )
         t = time.perf_counter()
-        modes = ["trusted", "bft4", "bft7"]
+        modes = ["trusted", "bft4", "bft4v", "bft7"]
         with (
             tempfile.TemporaryDirectory(prefix="bench-bft-ledgers-") as ledger_root,
             progress_bar(
@@ -910,7 +967,7 @@ def main() -> None:
             ) as bar,
         ):
             for r in range(args.session_rounds):
-                order = modes[r % 3 :] + modes[: r % 3]
+                order = modes[r % len(modes) :] + modes[: r % len(modes)]
                 for mode in order:
                     s = session(mode, args, actors, ledger_root, r)
                     print(
@@ -1030,8 +1087,10 @@ def plot(consensus: dict, summary: dict) -> None:
 
     ax = axes[1]
     v = summary["verdicts"]
-    modes = [m for m in ("trusted", "bft4", "bft7") if m in v]
-    ax.bar(modes, [v[m]["verdicts_per_s"] for m in modes], color=["C0", "C1", "C2"][: len(modes)])
+    modes = [m for m in ("trusted", "bft4", "bft4v", "bft7") if m in v]
+    ax.bar(
+        modes, [v[m]["verdicts_per_s"] for m in modes], color=["C0", "C1", "C3", "C2"][: len(modes)]
+    )
     for i, m in enumerate(modes):
         ax.text(
             i,
@@ -1043,25 +1102,32 @@ def plot(consensus: dict, summary: dict) -> None:
             fontsize=8,
         )
     ax.set_ylim(0, max(v[m]["verdicts_per_s"] for m in modes) * 1.45)
-    ax.set_ylabel("committed verdicts / s (trivial burst)")
+    ax.set_ylabel("values / s (trivial burst; bft4v: released at the verdict)")
     ax.set_title("verified x + 1, replicas=3, 4 executors")
 
     ax = axes[2]
     e2e = summary["end_to_end"]
-    labels, bft_vals, plain_vals = [], [], []
-    if "one_at_a_time" in e2e:
-        o = e2e["one_at_a_time"]
+    labels: list[str] = []
+    bars: dict[str, list[float]] = {"bft": [], "verdict": [], "plain": []}
+    one, one_v = e2e.get("one_at_a_time"), e2e.get("one_at_a_time_verdict")
+    infl, infl_v = e2e.get("inflight"), e2e.get("inflight_verdict")
+    if one:
         labels.append("1 at a time\np50 latency")
-        bft_vals.append(o["verified_median_ms"])
-        plain_vals.append(o["plain3_median_ms"])
-    if "inflight" in e2e:
-        i = e2e["inflight"]["plain3"]
+        bars["bft"].append(one["verified_median_ms"])
+        bars["verdict"].append(one_v["verified_median_ms"] if one_v else 0.0)
+        bars["plain"].append(one["plain3_median_ms"])
+    if infl:
         labels.append(f"{INFLIGHT} in flight\np50 latency")
-        bft_vals.append(i["bft_latency_p50_ms"])
-        plain_vals.append(i["plain_latency_p50_ms"])
+        bars["bft"].append(infl["plain3"]["bft_latency_p50_ms"])
+        bars["verdict"].append(infl_v["plain3"]["bft_latency_p50_ms"] if infl_v else 0.0)
+        bars["plain"].append(infl["plain3"]["plain_latency_p50_ms"])
     x = range(len(labels))
-    ax.bar([k - 0.2 for k in x], bft_vals, width=0.4, label="BFT (verifiers=4)", color="C1")
-    ax.bar([k + 0.2 for k in x], plain_vals, width=0.4, label="plain Ray, 3 actors", color="C0")
+    for off, key, label, color in (
+        (-0.27, "bft", "BFT (verifiers=4)", "C1"),
+        (0.0, "verdict", "BFT, release='verdict'", "C3"),
+        (0.27, "plain", "plain Ray, 3 actors", "C0"),
+    ):
+        ax.bar([k + off for k in x], bars[key], width=0.27, label=label, color=color)
     ax.set_xticks(list(x), labels)
     ax.set_ylabel("ms")
     ax.set_title("50 ms task, 3 replicas")

@@ -568,6 +568,8 @@ def init(
     readmit_after: int = 5,
     canary_rate: float = 0.0,
     canary_interval_s: float = 2.0,
+    release: str = "certified",
+    certify_timeout_s: float = 120.0,
     **ray_init_kwargs: Any,
 ) -> BftCluster:
     """Start or join Ray, then create a bft-ray cluster or attach to the one running.
@@ -619,6 +621,15 @@ def init(
         canary_rate: Fraction of verified calls after which a known-answer canary (a replay of
             a certified call) is sent to one executor that did not run it.
         canary_interval_s: Seconds between canary rounds for quarantined executors.
+        release: BFT mode: when a verified call's value is returned. ``"certified"`` (the
+            default): only with its certificate, once ``2f + 1`` verifiers committed the
+            verdict (about two consensus rounds after it is decided). ``"verdict"``: as soon as
+            the dispatcher's own verdict is decided, at the trusted mode's latency, while the
+            group commits it; ``bft_ray.certificate(ref)`` then waits for the certificate and
+            raises :class:`~bft_ray.errors.VerificationError` if the group did not certify it
+            (``cluster.report().counters["uncertified"]`` counts those). See ``docs/bft.md``.
+        certify_timeout_s: BFT mode: how long a verdict may wait for the group's certificate
+            before the call (with ``release="verdict"``: its certificate) fails.
         **ray_init_kwargs: Passed to ``ray.init`` when bft-ray starts or joins Ray.
 
     Returns:
@@ -654,6 +665,8 @@ def init(
         readmit_after=readmit_after,
         canary_rate=canary_rate,
         canary_interval_s=canary_interval_s,
+        release=release,
+        certify_timeout_s=certify_timeout_s,
     )
     for v_fault in spec.verifier_faults.values():
         fault_lib.resolve_verifier_fault(v_fault)
@@ -839,7 +852,12 @@ def _start_group(
     keys = ray.get([h.public_key.remote() for h in handles], timeout=120)
     ray.get([h.start.remote(keys) for h in handles], timeout=120)
     # Attaching registers every executor with every verifier (up to 20 s for one that stalls).
-    ray.get(dispatcher.attach_group.remote(admin, handles, keys), timeout=180)
+    ray.get(
+        dispatcher.attach_group.remote(
+            admin, handles, keys, timeout_s=spec.certify_timeout_s, release=spec.release
+        ),
+        timeout=180,
+    )
     logger.info("bft-ray verifier group: n=%d, f=%d, ledgers in %s", n, (n - 1) // 3, ledger_dir)
     return handles, keys
 
@@ -1102,19 +1120,31 @@ def task_id(ref: ObjectRef) -> str:
 def certificate(ref: ObjectRef, *, timeout: float | None = None) -> Certificate:
     """The :class:`Certificate` of a verified call (blocks until the verdict).
 
+    In BFT mode with ``bft_ray.init(release="verdict")`` the value is returned before the group
+    has certified it; this then also waits for the group's certificate.
+
     Raises:
-        The call's verification error, if it failed.
+        The call's verification error, if it failed (with ``release="verdict"``, also a
+        :class:`~bft_ray.errors.VerificationError` if the group did not certify a value that
+        was returned), or :class:`~bft_ray.errors.VerificationTimeoutError` after ``timeout``.
     """
     (ref,), _ = _refs_of(ref)
     cluster = current_cluster()
+    deadline = None if timeout is None else time.monotonic() + timeout
     # The verdict is stored before the value is returned: wait for the value, then ask.
     ready, _ = ray.wait([ref], timeout=timeout, fetch_local=False)
     if not ready:
         raise VerificationTimeoutError(f"certificate not ready within {timeout}s")
     ray_task = ref.task_id().hex()
-    status, payload = ray.get(
-        cluster._verifier.certificate.remote(cluster._task_ids.get(ray_task), ray_task)
-    )
+    asked = cluster._verifier.certificate.remote(cluster._task_ids.get(ray_task), ray_task)
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    try:
+        status, payload = ray.get(asked, timeout=left)
+    except ray.exceptions.GetTimeoutError:
+        raise VerificationTimeoutError(
+            f"certificate not ready within {timeout}s: the verifier group is still certifying "
+            "the value (release='verdict')"
+        ) from None
     if status == "error":
         exc = _unwrap(payload)
         if isinstance(exc, ray.exceptions.RayTaskError):

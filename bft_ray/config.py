@@ -244,6 +244,14 @@ class ClusterSpec(_Model):
         readmit_after: Correct canaries that re-admit a quarantined executor.
         canary_rate: Fraction of calls followed by a known-answer canary.
         canary_interval_s: Seconds between canary rounds for quarantined executors.
+        release: BFT mode: when a verified call's value is returned. ``"certified"`` (default):
+            once ``2f + 1`` verifiers signed its certificate after committing it.
+            ``"verdict"``: as soon as the dispatcher's own verdict is decided (the trusted
+            mode's latency); the group commits it meanwhile and ``bft_ray.certificate(ref)``
+            waits for the certificate.
+        certify_timeout_s: BFT mode: how long a verdict may wait for ``2f + 1`` verifiers'
+            certificate before the call (or, with ``release="verdict"``, its certificate)
+            fails with :class:`~bft_ray.errors.VerificationError`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -265,6 +273,8 @@ class ClusterSpec(_Model):
     readmit_after: int = Field(5, ge=1)
     canary_rate: float = Field(0.0, ge=0.0, le=1.0)
     canary_interval_s: float = Field(2.0, gt=0.0)
+    release: Literal["certified", "verdict"] = "certified"
+    certify_timeout_s: float = Field(120.0, gt=0.0)
 
     @model_validator(mode="after")
     def _check(self) -> ClusterSpec:
@@ -283,6 +293,12 @@ class ClusterSpec(_Model):
             raise ValueError(
                 "verifier_faults need a BFT group (verifiers >= 4); the trusted verifier of "
                 "verifiers=1 is trusted by definition."
+            )
+        if self.release == "verdict" and self.verifiers == 1:
+            raise ValueError(
+                'release="verdict" is for a BFT group (verifiers >= 4): the trusted verifier of '
+                "verifiers=1 already returns each value at its verdict, with its certificate. "
+                'Leave release="certified" or use verifiers >= 4.'
             )
         if self.verifiers > 1 and self.trust_path is not None:
             raise ValueError(

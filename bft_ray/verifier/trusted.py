@@ -37,7 +37,7 @@ import pickle
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import ray
@@ -234,6 +234,11 @@ class TrustedVerifier:
         self.group: list[Any] | None = None
         self.group_keys: list[bytes] = []
         self.certify_timeout_s = 120.0
+        # BFT mode, release="verdict": certifications still running for values already
+        # returned (see _accepted). Bounded: past the bound a value waits for its certificate.
+        self.release = "certified"
+        self._certifying: set[asyncio.Task] = set()
+        self.max_certifying = 1024
         # BFT mode: the committed standing's blocked executors (quarantined or banned) as last
         # vouched for by f + 1 verifiers, and the committed round it holds after. Assignment
         # follows it; this actor never quarantines on its own in BFT mode.
@@ -253,6 +258,9 @@ class TrustedVerifier:
             "alone": 0,  # spot-checked calls accepted from one executor without an audit
             "audits": 0,  # spot-checked calls audited by a second executor or a checker
             "canaries": 0,  # known-answer tasks run (probation and mixed in)
+            # BFT mode, release="verdict": values returned whose verdict the group then did
+            # not certify (bft_ray.certificate raises for them).
+            "uncertified": 0,
         }
         self.metrics = VerifierMetrics(cluster_of_actor())  # Prometheus (bft_ray.metrics)
         # Trust and cost (bft_ray.trust): earned trust per executor x function, credit, taint,
@@ -298,15 +306,25 @@ class TrustedVerifier:
         return self._key.public_bytes
 
     async def attach_group(
-        self, capability: bytes, handles: list, keys: list[bytes], timeout_s: float = 120.0
+        self,
+        capability: bytes,
+        handles: list,
+        keys: list[bytes],
+        timeout_s: float = 120.0,
+        release: str = "certified",
     ) -> None:
         """BFT mode: from now on every verdict is certified by this verifier group.
 
         This actor then only dispatches and proposes: it signs each verdict as a claim
         (:mod:`bft_ray.verifier.claims`), sends it to every verifier with the refs of the
-        answers, and returns a value only once ``2f + 1`` verifiers signed its certificate.
+        answers, and returns a value only once ``2f + 1`` verifiers signed its certificate
+        (``release="certified"``), or at once with the certificate to follow
+        (``release="verdict"``).
         """
         self._authorise(capability)
+        if release not in ("certified", "verdict"):
+            raise ConfigError(f"release={release!r}; use 'certified' or 'verdict'")
+        self.release = release
         self.group = list(handles)
         self.group_keys = list(keys)
         self._proof_checker = None  # checks proofs against these keys from now on
@@ -777,7 +795,15 @@ class TrustedVerifier:
             task_id = self._by_ray_task.get(ray_task)
         if task_id is not None and task_id in self._verdicts:
             status, payload = self._verdicts[task_id]
-            if status == "ok" and not isinstance(payload, Certificate):
+            if status == "ok" and isinstance(payload, asyncio.Task):
+                # Released at its verdict (release="verdict"): the group is still certifying.
+                try:
+                    payload = await asyncio.shield(payload)
+                except Exception as exc:
+                    status, payload = "error", exc
+                if task_id in self._verdicts:
+                    self._verdicts[task_id] = (status, payload)
+            elif status == "ok" and not isinstance(payload, Certificate):
                 payload = payload()  # sign now, once
                 self._verdicts[task_id] = (status, payload)
             return status, payload
@@ -970,6 +996,8 @@ class TrustedVerifier:
                 # Executors replaced by a fresh incarnation (crash or stall), over all slots.
                 "respawns": sum(s.respawns for s in self.pool.slots.values()),
                 "instances": len(self.instances),
+                # Values returned whose certificate the group is still committing.
+                "certifying": len(self._certifying),
             },
         }
 
@@ -1300,9 +1328,13 @@ class TrustedVerifier:
         return list(self.reputation.get(executor_id).flags)
 
     async def settle(self, respawn_timeout: float = 15.0) -> None:
-        """Wait until stragglers are judged and (up to ``respawn_timeout``) respawns finish."""
+        """Wait until stragglers are judged, values returned before their certificate
+        (release="verdict") are certified or refused, and (up to ``respawn_timeout``) respawns
+        finish."""
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+        if self._certifying:
+            await asyncio.wait(list(self._certifying), timeout=self.certify_timeout_s)
         await self.pool.settle(respawn_timeout)
 
     async def scale(
@@ -1334,6 +1366,7 @@ class TrustedVerifier:
     async def shutdown(self, capability: bytes) -> None:
         """Stop all executors; calls in flight fail. The trust state is saved first."""
         self._authorise(capability)
+        await self._drain_certifications(20.0)
         self._save_now()
         self._shut = True  # the result desk's poll returns: calls waiting there fail
         if self._delivery_wait is not None and not self._delivery_wait.done():
@@ -1341,6 +1374,49 @@ class TrustedVerifier:
         if self._probation is not None:
             self._probation.cancel()
         self.pool.shutdown()
+
+    async def _drain_certifications(self, timeout_s: float) -> None:
+        """Give certifications of values already returned (release="verdict") time to commit,
+        so a shutdown right after the last value does not leave its verdict off the ledgers."""
+        pending = list(self._certifying)
+        if not pending:
+            return
+        _, left = await asyncio.wait(pending, timeout=timeout_s)
+        if left:
+            logger.warning(
+                "shutdown: %d returned values were not yet certified by the group after %.0fs; "
+                "their certificates are lost",
+                len(left),
+                timeout_s,
+            )
+
+    def _certify_later(self, rep: _Replication, decision: Decision) -> asyncio.Task | None:
+        """release="verdict": certify in the background. ``None`` with release="certified", or
+        if too many already are (the caller then waits, so a burst cannot outrun the group
+        without bound)."""
+        if self.release != "verdict" or len(self._certifying) >= self.max_certifying:
+            return None
+        sent = self._send_for_certificate(rep, decision)
+        task = asyncio.ensure_future(self._certify_logged(rep.call.task_id, decision, sent))
+        self._certifying.add(task)
+        task.add_done_callback(self._certifying.discard)
+        task.add_done_callback(_certified)
+        return task
+
+    async def _certify_logged(
+        self, task_id: str, decision: Decision, sent: Coroutine[Any, Any, Certificate | None]
+    ) -> Certificate | None:
+        try:
+            return await sent
+        except Exception as exc:
+            if decision.step is Step.ACCEPT:
+                # The value is already with the caller: say so loudly, and keep the error for
+                # bft_ray.certificate(ref).
+                self.counters["uncertified"] += 1
+                logger.warning("%s: value returned but not certified: %s", task_id, exc)
+            else:
+                logger.warning("%s: failure not certified: %s", task_id, exc)
+            raise
 
     # -- bookkeeping shared by replications ------------------------------------------------
 
@@ -1353,11 +1429,29 @@ class TrustedVerifier:
         after committing the block that holds it); a failed one once ``f + 1`` signed that it
         is committed.
         """
-        assert self.group is not None
+        return await self._send_for_certificate(rep, decision)
+
+    def _send_for_certificate(
+        self, rep: _Replication, decision: Decision
+    ) -> Coroutine[Any, Any, Certificate | None]:
+        """Sign and send the claim now, so it states what this actor saw at the verdict (a
+        background certification must not pick up answers that land later); the coroutine
+        returned collects the group's answers."""
+        assert self.group is not None and decision.record is not None
         claim = rep.claim(decision)
         entry = claim.sign(self._key).encode()
         refs = [sent.ref for _, sent, _ in rep.trail.values() if sent.ref is not None]
         acks = self._send_claim(entry, refs)
+        return self._collect_certificate(rep.call.name, claim, acks, decision.record, rep.policy)
+
+    async def _collect_certificate(
+        self,
+        name: str,
+        claim: VerdictClaim,
+        acks: list[asyncio.Future],
+        record: VerdictRecord,
+        policy: Policy,
+    ) -> Certificate | None:
         n = len(self.group_keys)
         f = (n - 1) // 3
         known = set(self.group_keys)
@@ -1367,9 +1461,6 @@ class TrustedVerifier:
         # The standing each verifier holds after the block: adopted once f + 1 report the same.
         views: dict[tuple, set[bytes]] = {}
         refusals = []
-        record = decision.record
-        assert record is not None
-        policy = rep.policy
         try:
             for next_ack in asyncio.as_completed(acks, timeout=self.certify_timeout_s):
                 try:
@@ -1436,7 +1527,7 @@ class TrustedVerifier:
             f"({len(refusals)} refused or failed)"
         )
         raise VerificationError(
-            f"{rep.call.name} ({claim.task_id}): the verifier group did not certify the verdict: "
+            f"{name} ({claim.task_id}): the verifier group did not certify the verdict: "
             f"{why}: {'; '.join(refusals[:4]) or 'no answer'}. Check cluster.verifier_status()."
         )
 
@@ -1777,6 +1868,13 @@ class TrustedVerifier:
         return task
 
 
+def _certified(task: asyncio.Task) -> None:
+    """Done callback of a background certification: the error is kept in the task for
+    ``certificate()`` (it is read here so asyncio does not report it as never retrieved)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class _Replication:
     """The Ray side of one verified call: dispatch, receive, feed the pure state, act."""
 
@@ -2066,8 +2164,10 @@ class _Replication:
                 counters["failed"] += 1
                 metrics.count(CALLS_FAILED, fn)
                 assert decision.record is not None
-                if self.v.group is not None:
-                    await self.v._certify(self, decision)  # the failure is on the record too
+                # The failure is on the record too (certified in the background with
+                # release="verdict").
+                if self.v.group is not None and not self.v._certify_later(self, decision):
+                    await self.v._certify(self, decision)
                 self._apply_final(decision.record)
                 elapsed = time.monotonic() - self.started
                 metrics.verdict(fn, "failed", elapsed, len(self.trail))
@@ -2104,9 +2204,12 @@ class _Replication:
         assert record is not None and record.accepted is not None
         counters["accepted"] += 1
         metrics.count(CALLS_ACCEPTED, fn)
-        if self.v.group is not None:
+        later = self.v._certify_later(self, decision) if self.v.group is not None else None
+        if later is not None:
+            cert: Any = later  # certificate() awaits it
+        elif self.v.group is not None:
             group_cert = await self.v._certify(self, decision)
-            cert: Callable[[], Certificate] = lambda: group_cert  # noqa: E731
+            cert = lambda: group_cert  # noqa: E731
         else:
             cert = self._issuer(record)
         if self.running:

@@ -449,3 +449,66 @@ def test_a_new_run_on_the_same_ledgers_keeps_the_committed_standing(cluster):
         assert again.committed_standing().digest != before.digest  # and the record goes on
     finally:
         again.shutdown()
+
+
+def test_release_at_verdict_returns_values_before_the_group_certifies_them(cluster):
+    """``release="verdict"``: the value comes at the dispatcher's verdict and the certificate
+    follows. With more than f verifiers silent the group cannot certify: the value still comes,
+    its certificate fails (and is counted); a shutdown right after the last values waits for
+    their certificates, so every verdict is on the ledgers."""
+    import sqlite3
+
+    if not cluster.closed:
+        cluster.shutdown()
+    c = bft_ray.init(
+        executors=N_EXEC,
+        verifiers=4,
+        quarantine_below=0.0,
+        ledger_dir=str(cluster.ledgers),
+        release="verdict",
+        certify_timeout_s=4.0,
+    )
+    try:
+        keys = c.verifier_keys()
+        (ref,) = run_one_by_one(1, offset=200)
+        cert = bft_ray.certificate(ref, timeout=60)
+        assert bft_ray.verify_certificate(
+            cert, keys, task_id=bft_ray.task_id(ref), require_commit_proof=True
+        )
+        for i in (0, 1):  # f + 1 = 2 silent verifiers: no quorum certificate can form
+            c.inject_verifier_fault(i, "silent")
+        x = np.linspace(0, 1, 16)
+        lost = affine.remote(x, 7)
+        # Returned at the verdict, though the group cannot commit it (with the default
+        # release="certified" the call itself fails after certify_timeout_s).
+        np.testing.assert_array_equal(bft_ray.get(lost, timeout=30), x * 2.0 + 7)
+        with pytest.raises(bft_ray.VerificationError, match="did not certify"):
+            bft_ray.certificate(lost, timeout=60)
+        assert c.report().counters["uncertified"] == 1
+        for i in (0, 1):
+            c.inject_verifier_fault(i, "honest")
+        # The group resumes once its round timers, backed off while it could not commit,
+        # line up again: until then a certificate can still miss certify_timeout_s.
+        deadline = time.monotonic() + 90
+        while True:
+            probe = affine.remote(x, 299)
+            bft_ray.get(probe, timeout=30)
+            try:
+                bft_ray.certificate(probe, timeout=60)
+                break
+            except bft_ray.VerificationError:
+                assert time.monotonic() < deadline, "the group did not resume"
+        refs = [affine.remote(x, 300 + i) for i in range(6)]
+        assert len(bft_ray.get(refs, timeout=120)) == 6
+        ids = [bft_ray.task_id(r) for r in refs]
+    finally:
+        c.shutdown()  # at once: certificates still being committed are waited for
+    on_record = []
+    for path in sorted(cluster.ledgers.glob("verifier-*.sqlite")):
+        with sqlite3.connect(path) as db:
+            rows = db.execute(
+                f"SELECT DISTINCT task_id FROM verdicts WHERE task_id IN ({','.join('?' * 6)})",
+                ids,
+            ).fetchall()
+        on_record.append(len(rows))
+    assert sorted(on_record)[-3:] == [6, 6, 6]  # at least 2f + 1 ledgers hold all six
