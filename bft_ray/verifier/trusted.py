@@ -689,6 +689,7 @@ class TrustedVerifier:
         ctor = dataclasses.replace(call, name=f"{call.name}.__init__")
         rep = _Replication(self, ctor, invoke, instance=None)
         rep.counted = True  # the counters count calls; a constructor is not one
+        rep.is_call = False
         inst = _Instance(call.task_id, call.name, call.policy, [], cls_ref, list(args), kwargs)
         try:
             rep.start(rep.pick(call.policy.replicas))
@@ -710,6 +711,15 @@ class TrustedVerifier:
         rep.instance = inst
         if rep.late is not None:
             await rep.late
+            # Now every replica is judged: the holders are those that built the instance and
+            # agree on its construction. (An answer that landed in the same turn of the event
+            # loop as the verdict was neither in record.members nor pending any more, so an
+            # honest replica was left out and, its slot used, never asked again: instances
+            # ran on two replicas, and every disagreement between those two was refused.)
+            final = rep.state.final_record()
+            built = {j.executor_id for j in final.judgements if j.label is Label.AGREED}
+            kept = [h for h in inst.holders if h in built]
+            inst.holders = kept + sorted(built - set(kept))
         self.instances[call.task_id] = inst
         self._store(call.task_id, ("ok", cert))
         if close_token is not None:
@@ -1917,6 +1927,7 @@ class _Replication:
         self.cooldown = int(getattr(plan, "cooldown", 50))
         self.alone = False  # the accepted result came from one executor without an audit
         self.counted = False
+        self.is_call = True  # False for a constructor: calls, accepted, failed count calls only
         checker = getattr(plan, "checker", None)
         self.declared_checker_price = plan.checker_cost if checker is not None else None
         self._checker_eid = ""
@@ -2161,8 +2172,9 @@ class _Replication:
             if decision.step is Step.ACCEPT:
                 break
             if decision.step is Step.FAIL:
-                counters["failed"] += 1
-                metrics.count(CALLS_FAILED, fn)
+                if self.is_call:
+                    counters["failed"] += 1
+                    metrics.count(CALLS_FAILED, fn)
                 assert decision.record is not None
                 # The failure is on the record too (certified in the background with
                 # release="verdict").
@@ -2202,8 +2214,9 @@ class _Replication:
         self._count_call()
         record = decision.record
         assert record is not None and record.accepted is not None
-        counters["accepted"] += 1
-        metrics.count(CALLS_ACCEPTED, fn)
+        if self.is_call:
+            counters["accepted"] += 1
+            metrics.count(CALLS_ACCEPTED, fn)
         later = self.v._certify_later(self, decision) if self.v.group is not None else None
         if later is not None:
             cert: Any = later  # certificate() awaits it
@@ -2223,8 +2236,9 @@ class _Replication:
         self.v.recent.append(self._summary("alone" if self.alone else "accepted", record, elapsed))
         logger.debug("%s %s accepted in %.3fs", fn, self.call.task_id, elapsed)
         if record.accepted.status is Status.ERROR:
-            counters["user_errors"] += 1
-            metrics.count(USER_ERRORS, fn)
+            if self.is_call:
+                counters["user_errors"] += 1
+                metrics.count(USER_ERRORS, fn)
             raise _agreed_exception(record.accepted, self.call.name)
         return accepted_result(record), cert
 

@@ -186,6 +186,22 @@ def test_a_replicated_instance_is_constructed_on_the_record(cluster):
     assert bft_ray.verify_certificate(bft_ray.certificate(ref), keys, require_commit_proof=True)
 
 
+def test_every_agreeing_constructor_replica_holds_the_instance(cluster):
+    """The constructor's third replica usually answers while the verdict is being certified:
+    it is no longer pending, and was not counted in the verdict. It still holds the instance
+    (dropped, its honest slot was never asked again: the instance ran on two replicas and
+    every disagreement between those two was refused)."""
+    cluster.inject_fault(3, bft_ray.faults.slow(0.05))  # its answers land mid-certification
+    try:
+        tallies = [Tally.remote(i) for i in range(6)]
+        assert [len(t.holders(timeout=120)) for t in tallies] == [3] * 6
+        assert bft_ray.get([t.add.remote(1) for t in tallies], timeout=120) == list(range(1, 7))
+        for t in tallies:
+            t.close()
+    finally:
+        cluster.inject_fault(3, "honest")
+
+
 # A bounded sample in `make test`: the two that attack certificates and verdicts directly plus
 # censorship; silence, wrong votes, equivocation and forged signatures run in `make test-full`
 # (each is also covered without Ray: tests/unit/test_bft_replica.py's network of verifier

@@ -224,9 +224,14 @@ def _open_instances(cluster) -> int:
 
 def test_close_frees_the_instance_and_later_calls_fail(cluster):
     before = _open_instances(cluster)
+    counted = cluster.report().counters
     box = Box.remote(5)
     assert bft_ray.get(box.get.remote(), timeout=60) == 5
+    assert bft_ray.get(box.get.remote(), timeout=60) == 5
     assert _open_instances(cluster) == before + 1
+    # The counters count calls: the two method calls, not the constructor.
+    now = cluster.report().counters
+    assert now["calls"] - counted["calls"] == 2 == now["accepted"] - counted["accepted"]
     box.close()
     assert _open_instances(cluster) == before
     with pytest.raises(ConfigError, match="closed"):
