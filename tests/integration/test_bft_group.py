@@ -467,7 +467,7 @@ def test_a_new_run_on_the_same_ledgers_keeps_the_committed_standing(cluster):
         again.shutdown()
 
 
-def test_release_at_verdict_returns_values_before_the_group_certifies_them(cluster):
+def test_release_at_verdict_returns_values_before_the_group_certifies_them(cluster, tmp_path):
     """``release="verdict"``: the value comes at the dispatcher's verdict and the certificate
     follows. With more than f verifiers silent the group cannot certify: the value still comes,
     its certificate fails (and is counted); a shutdown right after the last values waits for
@@ -480,7 +480,7 @@ def test_release_at_verdict_returns_values_before_the_group_certifies_them(clust
         executors=N_EXEC,
         verifiers=4,
         quarantine_below=0.0,
-        ledger_dir=str(cluster.ledgers),
+        ledger_dir=str(tmp_path),  # fresh ledgers: nothing to restore
         release="verdict",
         certify_timeout_s=4.0,
     )
@@ -520,7 +520,7 @@ def test_release_at_verdict_returns_values_before_the_group_certifies_them(clust
     finally:
         c.shutdown()  # at once: certificates still being committed are waited for
     on_record = []
-    for path in sorted(cluster.ledgers.glob("verifier-*.sqlite")):
+    for path in sorted(tmp_path.glob("verifier-*.sqlite")):
         with sqlite3.connect(path) as db:
             rows = db.execute(
                 f"SELECT DISTINCT task_id FROM verdicts WHERE task_id IN ({','.join('?' * 6)})",
