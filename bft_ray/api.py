@@ -1057,8 +1057,10 @@ def _pending_phases(refs: list[ObjectRef], limit: int = 3) -> str:
         if not pending or cluster is None:
             return ""
         tasks = list(dict.fromkeys(r.task_id().hex() for r in pending))
-        phases = ray.get(cluster._verifier.phases.remote(tasks[:limit]), timeout=10)
+        mine = [cluster._task_ids.get(t) for t in tasks[:limit]]  # this process's own calls
+        phases = ray.get(cluster._verifier.phases.remote(tasks[:limit], mine), timeout=10)
         ids = ray.get(cluster._verifier.task_ids.remote(tasks[:limit]), timeout=10)
+        ids = [m or i for m, i in zip(mine, ids)]
         lines = "; ".join(f"{tid or '?'}: {ph}" for tid, ph in zip(ids, phases))
         more = f" (and {len(tasks) - limit} more)" if len(tasks) > limit else ""
         return f"{len(tasks)} call(s) pending{more}: {lines}. "

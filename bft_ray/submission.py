@@ -19,7 +19,9 @@ process. A burst call therefore takes the batched path instead:
    a batch, the calls that arrive form the next one, so batches grow with the load and an idle
    verifier gets a call at once;
 3. the verifier verifies each call exactly as on the direct path and the desk hands the value
-   (or the error) to the caller's ref.
+   (or the error) to the caller's ref. The entry does not say which Ray task made the ref:
+   the desk tells the verifier that itself (``name_results``), since any worker can call
+   ``submit_many`` and Ray task ids can be guessed.
 
 Only calls with inline arguments are batched: an argument that holds an ``ObjectRef`` or an
 actor handle must travel as a top-level Ray argument (Ray tracks references and resolves refs
@@ -101,7 +103,7 @@ class Submitter:
         self.max_batch = max_batch
         self.max_entry_bytes = max_entry_bytes
         self._cv = threading.Condition()
-        self._queue: list[tuple[str, str, str, bytes]] = []
+        self._queue: list[tuple[str, str, bytes]] = []
         self._in_flight = False
         self._last = float("-inf")
         self._closed = False
@@ -124,8 +126,7 @@ class Submitter:
                 # A secret per call, not the task id, which executors see (see submit_many).
                 ticket = secrets.token_hex(16)
                 refs = result.remote(ticket)
-                first = refs[0] if isinstance(refs, list) else refs
-                self._enqueue((call.task_id, first.task_id().hex(), ticket, blob))
+                self._enqueue((call.task_id, ticket, blob))
                 return refs
         self.counters["direct"] += 1
         submit = self._verifier.submit
@@ -151,7 +152,7 @@ class Submitter:
         data = buf.getvalue()
         return data if len(data) <= self.max_entry_bytes else None
 
-    def _enqueue(self, entry: tuple[str, str, str, bytes]) -> None:
+    def _enqueue(self, entry: tuple[str, str, bytes]) -> None:
         with self._cv:
             if self._closed:
                 # close() came between _burst and here: the thread may be gone, so this call

@@ -17,6 +17,13 @@ delivered. A value travels as the certified
 wire bytes and is wrapped in a :class:`~bft_ray.compare.wire.WireValue` here without decoding,
 so it is decoded once, by whoever reads the ref.
 
+The desk also tells the verifier which Ray task each ``result(ticket)`` call is (it made the
+caller's ref, and ``certificate(ref)`` finds the call by it) with ``name_results``, in one call
+before it hands out a batch of values, and hands out a value only once its name is
+acknowledged. The verifier
+takes that binding from the desk alone: the submitting worker's word would let any worker
+that guesses a caller's next Ray task id bind it to a call of its own first.
+
 If the verifier dies, every call still waiting here fails at once with a
 :class:`~bft_ray.errors.VerificationError` naming the cause, never hangs: the desk keeps one
 long-polling call to the verifier open, whose failure it watches.
@@ -33,6 +40,8 @@ import dataclasses
 import logging
 from collections import OrderedDict
 from typing import Any
+
+import ray
 
 from bft_ray.compare.wire import WireItem, WireValue
 from bft_ray.errors import VerificationError
@@ -90,7 +99,11 @@ class ResultDesk:
         self._dropped: OrderedDict[str, None] = OrderedDict()  # asks that were cancelled
         self._dead: BaseException | None = None
         self._pull: asyncio.Task | None = None
-        self.counters = {"delivered": 0, "handed_out": 0, "batches": 0}
+        # (ticket, Ray task id, acknowledged) waiting to be named to the verifier this turn.
+        self._names: list[tuple[str, str, asyncio.Future]] = []
+        self._naming: asyncio.Handle | None = None
+        self._reporting: set[asyncio.Task] = set()
+        self.counters = {"delivered": 0, "handed_out": 0, "batches": 0, "named": 0}
 
     async def start(self) -> None:
         """Start pulling verdicts (idempotent)."""
@@ -107,6 +120,9 @@ class ResultDesk:
                     )
                     break
                 self.counters["batches"] += 1
+                named = self._send_names()
+                if named is not None:
+                    await named  # bound before any of these values is handed out
                 for d in batch:
                     self._hand(d)
         except Exception as exc:  # the verifier died: its pending calls cannot be decided
@@ -118,6 +134,10 @@ class ResultDesk:
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(cause)
+        for _, _, fut in self._names:
+            if not fut.done():
+                fut.set_result(cause)  # nothing to name to a verifier that is gone
+        self._names = []
 
     def _hand(self, d: Delivery) -> None:
         self.counters["delivered"] += 1
@@ -134,9 +154,57 @@ class ResultDesk:
             old, _ = self._unclaimed.popitem(last=False)
             logger.warning("result of %s was never asked for; dropped", old)
 
+    def _name(self, ticket: str, ray_task: str | None) -> asyncio.Future:
+        """Queue ``ticket -> ray_task`` for the verifier; the future resolves once that is
+        acknowledged (with ``None``, or the error: naming only serves certificate lookups, so
+        it never fails the call).
+
+        Names leave in batches, only when a value is about to be handed out: before the pull
+        loop hands out a batch of deliveries, and at the end of the turn for an ask whose
+        delivery was already here. Naming every ask at once cost one Ray call per turn of this
+        loop, about a sixth of the batched path's CPU per call here.
+        """
+        fut = asyncio.get_running_loop().create_future()
+        if ray_task is None:
+            fut.set_result(None)
+        else:
+            self._names.append((ticket, ray_task, fut))
+        return fut
+
+    def _name_soon(self) -> None:
+        if self._naming is None and self._names:
+            self._naming = asyncio.get_running_loop().call_soon(self._send_names)
+
+    def _send_names(self) -> asyncio.Task | None:
+        if self._naming is not None:
+            self._naming.cancel()
+            self._naming = None
+        batch, self._names = self._names, []
+        if not batch:
+            return None
+        task = asyncio.ensure_future(self._report_names(batch))
+        self._reporting.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._reporting.discard)
+        return task
+
+    async def _report_names(self, batch: list[tuple[str, str, asyncio.Future]]) -> None:
+        outcome: BaseException | None = None
+        try:
+            await self._verifier.name_results.remote(
+                self._capability, [(t, r) for t, r, _ in batch]
+            )
+            self.counters["named"] += len(batch)
+        except Exception as exc:
+            outcome = exc
+            logger.debug("naming %d refs failed: %s", len(batch), exc)
+        for _, _, fut in batch:
+            if not fut.done():
+                fut.set_result(outcome)
+
     async def result(self, ticket: str) -> Any:
         """The value of the call with this ticket once delivered (or its error, raised)."""
         await self.start()
+        named = self._name(ticket, _current_task())
         delivery = self._unclaimed.pop(ticket, None)
         if delivery is None:
             if self._dead is not None:
@@ -153,6 +221,10 @@ class ResultDesk:
                 raise
             finally:
                 self._waiting.pop(ticket, None)
+        # Named before the ref is ready: certificate(ref) asks only then, and must find it.
+        if not named.done():
+            self._name_soon()  # asked while its batch was being handed out
+            await asyncio.shield(named)
         self.counters["handed_out"] += 1
         if delivery.status != "ok":
             raise delivery.payload
@@ -168,3 +240,12 @@ class ResultDesk:
             "waiting": len(self._waiting),
             "unclaimed": len(self._unclaimed),
         }
+
+
+def _current_task() -> str | None:
+    """The Ray task id (hex) of the ``result`` call running now; ``None`` outside a worker
+    (the unit tests drive the desk without Ray)."""
+    ctx = ray.get_runtime_context()
+    if ctx.worker.mode != ray.WORKER_MODE:
+        return None
+    return ctx.get_task_id()

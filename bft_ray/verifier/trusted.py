@@ -217,6 +217,11 @@ class TrustedVerifier:
         self._outbox: dict[str, list] = {}  # executor id -> replicas waiting for the flush
         self._flush_scheduled = False
         self._by_ray_task: OrderedDict[str, str] = OrderedDict()  # Ray task id -> task id
+        # Batched calls: ticket -> task id (from submit_many) and ticket -> the Ray task id of
+        # the desk call that made the caller's ref (from the desk itself, name_results). A ref
+        # is bound to its call only once both halves are in (see name_results).
+        self._ticket_task: OrderedDict[str, str] = OrderedDict()
+        self._ticket_ray: OrderedDict[str, str] = OrderedDict()
         self._task_ids: OrderedDict[str, None] = OrderedDict()  # every task id taken in
         self._waiting_args: set[str] = set()
         self._active: dict[str, _Replication] = {}
@@ -433,31 +438,36 @@ class TrustedVerifier:
         work = self._call_work(call, fn_key, args, kwargs)
         return await self._verdict(call, work, ray.get_runtime_context().get_task_id())
 
-    async def submit_many(self, entries: list[tuple[str, str, str, bytes]]) -> int:
+    async def submit_many(self, entries: list[tuple[str, str, bytes]]) -> int:
         """Take in a batch of function calls; their verdicts go to the result desk.
 
-        Each entry is ``(task id, Ray task id hex of the caller's ref, ticket, pickled (call,
-        fn key, args, kwargs))``, made by the driver's :class:`~bft_ray.submission.Submitter`
-        for calls with inline arguments only. Each call is verified exactly as by
-        :meth:`submit`; its value or error is delivered under its ticket to
-        :class:`~bft_ray.verifier.results.ResultDesk`, whose ``result(ticket)`` call made the
-        caller's ref. The ticket is a random secret of the caller's, never the task id: the
-        executors see task ids, and one that asked the desk for a task's result would take it
-        from its caller. Returns once every entry is taken in (not decided), which paces the
-        submitter to one batch in flight.
+        Each entry is ``(task id, ticket, pickled (call, fn key, args, kwargs))``, made by the
+        driver's :class:`~bft_ray.submission.Submitter` for calls with inline arguments only.
+        Each call is verified exactly as by :meth:`submit`; its value or error is delivered
+        under its ticket to :class:`~bft_ray.verifier.results.ResultDesk`, whose
+        ``result(ticket)`` call made the caller's ref. The ticket is a random secret of the
+        caller's, never the task id: the executors see task ids, and one that asked the desk
+        for a task's result would take it from its caller. Which Ray task made the caller's ref
+        (what ``certificate(ref)`` finds the call by) is the desk's word, never the entry's:
+        Ray task ids can be guessed, and any worker may call this (see :meth:`name_results`).
+        Returns once every entry is taken in (not decided), which paces the submitter to one
+        batch in flight.
         """
-        for task_id, ray_task, ticket, blob in entries:
-            # The ref's Ray task id is the caller's word here (on the direct path it is the
-            # submit task's own): the first call to name it keeps it, so a worker that names
-            # another caller's ref cannot make certificate(ref) find its own call instead.
-            if self._by_ray_task.setdefault(ray_task, task_id) != task_id:
-                self._deliver(
-                    Delivery(
-                        ticket,
-                        "error",
-                        ConfigError(f"{task_id}: Ray task {ray_task} names another call's ref"),
-                    )
-                )
+        for entry in entries:
+            if not (
+                isinstance(entry, (tuple, list))
+                and len(entry) == 3
+                and type(entry[0]) is str
+                and type(entry[1]) is str
+                and type(entry[2]) is bytes
+            ):
+                logger.warning("submit_many: an entry out of shape was dropped")
+                continue
+            task_id, ticket, blob = entry
+            if ticket in self._ticket_task:
+                # Tickets are the callers' random secrets: a second entry under one is not a
+                # caller's, and must not take the first one's delivery.
+                logger.warning("submit_many: ticket of %s used twice; dropped", task_id)
                 continue
             try:
                 # A caller's pickle, as trusted as any caller's arguments (Ray unpickles those
@@ -471,14 +481,52 @@ class TrustedVerifier:
             except Exception as exc:
                 self._deliver(Delivery(ticket, "error", exc))
                 continue
-            self._track(self._decide_and_deliver(call, work, ray_task, ticket))
+            self._bind_ticket(ticket, task_id)
+            self._track(self._decide_and_deliver(call, work, ticket))
         return len(entries)
 
-    async def _decide_and_deliver(
-        self, call: CallSpec, work: Any, ray_task: str, ticket: str
-    ) -> None:
+    async def name_results(self, capability: bytes, pairs: list) -> int:
+        """The result desk names the Ray task of each ``result(ticket)`` call it serves.
+
+        That Ray task made the caller's ref, so it is what ``certificate(ref)`` finds the call
+        by from any process. It comes from the desk (which runs the task, and needs its
+        capability here), not from ``submit_many``: there it would be the submitting worker's
+        word, and a worker that guessed another caller's next Ray task id (they are derived
+        from the caller's task and a counter) could bind it to a call of its own first, and
+        make ``certificate(ref)`` in other processes return its certificate, or get the
+        victim's entry refused. The desk names a ref before it hands out the value, so the
+        binding exists by the time anyone can ask.
+        """
+        if not isinstance(capability, bytes) or not hmac.compare_digest(
+            capability, self._desk_capability
+        ):
+            raise CapabilityError("name_results needs the result desk's capability")
+        for pair in pairs:
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                continue
+            ticket, ray_task = pair
+            if type(ticket) is not str or type(ray_task) is not str:
+                continue
+            task_id = self._ticket_task.get(ticket)
+            if task_id is not None:
+                self._by_ray_task.setdefault(ray_task, task_id)
+            else:  # its entry has not arrived yet (another caller's batch, another path)
+                self._ticket_ray[ticket] = ray_task
+                while len(self._ticket_ray) > self.keep_certificates:
+                    self._ticket_ray.popitem(last=False)
+        return len(pairs)
+
+    def _bind_ticket(self, ticket: str, task_id: str) -> None:
+        self._ticket_task[ticket] = task_id
+        while len(self._ticket_task) > self.keep_certificates:
+            self._ticket_task.popitem(last=False)
+        ray_task = self._ticket_ray.pop(ticket, None)
+        if ray_task is not None:
+            self._by_ray_task.setdefault(ray_task, task_id)
+
+    async def _decide_and_deliver(self, call: CallSpec, work: Any, ticket: str) -> None:
         try:
-            returns = await self._verdict(call, work, ray_task)
+            returns = await self._verdict(call, work, None)
         except asyncio.CancelledError:
             # The caller's ref must not wait forever for a verdict nobody will deliver.
             self._deliver(Delivery(ticket, "error", VerificationError(f"{call.name}: cancelled")))
@@ -826,12 +874,19 @@ class TrustedVerifier:
         """The bft-ray task ids of calls named by their Ray task ids (``None`` if unknown)."""
         return [self._by_ray_task.get(t) for t in ray_tasks]
 
-    async def phases(self, ray_tasks: list[str]) -> list[str]:
-        """Where each pending call stands, for timeout messages (by Ray task id)."""
+    async def phases(
+        self, ray_tasks: list[str], task_ids: list[str | None] | None = None
+    ) -> list[str]:
+        """Where each pending call stands, for timeout messages (by Ray task id, or by the
+        task id the caller knows: a batched call's ref is bound only once its value is handed
+        out). Informational only: nothing here changes any state."""
         out = []
-        for t in ray_tasks:
+        known = list(task_ids or [])
+        for i, t in enumerate(ray_tasks):
             tid = self._by_ray_task.get(t)
-            if tid is None:
+            if tid is None and i < len(known) and isinstance(known[i], str):
+                tid = known[i]
+            if tid is None or tid not in self._task_ids:
                 out.append("not received by the verifier yet")
             elif tid in self._verdicts:
                 out.append("decided")
@@ -854,14 +909,15 @@ class TrustedVerifier:
             "executor_actor_ids": [s.handle._actor_id.hex() for s in self.pool.slots.values()],
         }
 
-    async def _verdict(self, call: CallSpec, work: Any, ray_task: str) -> Any:
+    async def _verdict(self, call: CallSpec, work: Any, ray_task: str | None) -> Any:
         """Run a call's verification and keep its certificate issuer (or error) for later.
 
         ``ray_task`` is the Ray task id (hex) of the caller's ref: ``certificate`` and
-        ``phases`` find the call by it.
+        ``phases`` find the call by it. ``None`` on the batched path, where the result desk
+        names the ref (``name_results``).
         """
-        # Never rebinds: on the batched path submit_many bound the ref's Ray task first.
-        self._by_ray_task.setdefault(ray_task, call.task_id)
+        if ray_task is not None:
+            self._by_ray_task.setdefault(ray_task, call.task_id)
         try:
             value, cert = await work
         except Exception as exc:

@@ -5,6 +5,7 @@ outvoted, and no call left hanging when the verifier dies (see ``bft_ray.submiss
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -104,6 +105,27 @@ def test_the_liar_is_flagged_on_batched_calls_and_no_honest_executor_is(cluster)
     assert all(r["flagged"] == 0 for r in rows.values() if r["fault"] != "bitflip")
 
 
+def test_a_timeout_says_where_batched_calls_stand(cluster):
+    """A batched call's ref is named to the verifier only when its value is handed out, so
+    the driver names its own pending calls by task id for the timeout message."""
+
+    @bft_ray.verified_remote(replicas=3)
+    def dawdle(x):
+        import time
+
+        time.sleep(1.5)
+        return x
+
+    refs = _burst(dawdle, 4)
+    assert cluster._submitter.counters["batched"] >= 3
+    time.sleep(0.5)  # the batch is in and its replicas run
+    with pytest.raises(bft_ray.VerificationTimeoutError) as info:
+        bft_ray.get(refs[1:], timeout=0.1)
+    text = str(info.value)
+    assert "replicas:" in text and "not received" not in text
+    assert bft_ray.get(refs, timeout=60) == list(range(4))
+
+
 def test_a_worker_that_knows_the_task_ids_cannot_take_their_results(cluster):
     # Executors see the task ids of the calls they run, and any Ray worker can call a named
     # actor: one that asked the desk for those tasks' results, or took verdicts from the
@@ -134,15 +156,23 @@ def test_a_worker_that_knows_the_task_ids_cannot_take_their_results(cluster):
     took, stolen = ray.get(thief.remote(task_ids), timeout=120)
     assert "capability" in took and stolen == 0
     assert ray.get(refs, timeout=120) == list(range(8))
-    # Nor can it make another process's certificate(ref) find its own call: on the batched
-    # path the ref's Ray task id is the submitter's word, and the first to name it keeps it.
-    victim = refs[-1].task_id().hex()
+    # Nor can it make another process's certificate(ref) find its own call. The entry does
+    # not say which Ray task made the ref: a worker could guess a caller's next Ray task id
+    # (derived from the caller's task and a counter) and bind it to a call of its own before
+    # the caller's ref exists. A fresh id stands for such a guess. The desk names refs, with
+    # a capability the worker lacks.
     verifier = ray.get_actor("verifier:default", namespace="bft_ray")
-    ray.get(verifier.submit_many.remote([("square-forged", victim, "0" * 32, b"junk")]))
+    guess = os.urandom(24).hex()
+    ray.get(verifier.submit_many.remote([("square-forged", guess, "0" * 32, b"junk")]))
+    ray.get(verifier.submit_many.remote([("square-forged2", "3" * 32, b"junk")]))
+    with pytest.raises(ray.exceptions.RayTaskError, match="capability"):
+        ray.get(verifier.name_results.remote(b"\0" * 32, [("3" * 32, guess)]))
+    assert ray.get(verifier.task_ids.remote([guess])) == [None]
+    victim = refs[-1].task_id().hex()
     assert ray.get(verifier.task_ids.remote([victim])) == [task_ids[-1]]
 
     # A real batched call's pickle, replayed by a worker that saw it: (1) under the victim's
-    # task id and ref, so that the ref's certificate would become this call's; (2) again under
+    # task id, so that the victim's certificate would become this call's; (2) again under
     # its own task id, so that its certificate would be replaced by a second run's.
     sub, captured = cluster._submitter, []
     enqueue = sub._enqueue
@@ -152,10 +182,13 @@ def test_a_worker_that_knows_the_task_ids_cannot_take_their_results(cluster):
     finally:
         sub._enqueue = enqueue
     assert ray.get(more, timeout=120) == [100, 101, 102, 103] and captured
-    real_task, real_ray_task, _, blob = captured[-1]
-    (real_ref,) = [r for r in more if r.task_id().hex() == real_ray_task]
+    # The desk named each ref before handing out its value: any process finds the call by it.
+    named = ray.get(verifier.task_ids.remote([r.task_id().hex() for r in more]))
+    assert named == [bft_ray.task_id(r) for r in more]
+    real_task, _, blob = captured[-1]
+    (real_ref,) = [r for r in more if bft_ray.task_id(r) == real_task]
     before = bft_ray.certificate(real_ref).to_json()
-    forged = [(task_ids[-1], victim, "1" * 32, blob), (real_task, "ab" * 14, "2" * 32, blob)]
+    forged = [(task_ids[-1], "1" * 32, blob), (real_task, "2" * 32, blob)]
     ray.get(verifier.submit_many.remote(forged))
     deadline = time.monotonic() + 3  # a second run of nap would land within about 0.5 s
     while time.monotonic() < deadline:
