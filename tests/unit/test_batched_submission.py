@@ -140,6 +140,27 @@ def test_calls_holding_ray_refs_or_large_arguments_go_direct_even_in_a_burst():
     s.close()
 
 
+def test_a_large_call_is_not_pickled_past_the_entry_bound():
+    """Pickling stops at max_entry_bytes: a call with a 100 MB argument goes direct anyway, so
+    the probe must not copy all of it first. Whatever comes after the bound is never reached
+    (here an object whose pickling would fail and count how often it was tried). Pickle
+    writes in frames of 64 KiB and objects past that size straight through, so the bound
+    holds to within a frame."""
+    tried = []
+
+    class Tripwire:
+        def __reduce__(self):
+            tried.append(1)
+            raise TypeError("pickled past the bound")
+
+    s = Submitter(None, None, max_entry_bytes=1000)
+    assert s._pack(_call("t"), "fn", [b"x" * 200_000, Tripwire()], {}) is None
+    assert tried == []
+    small = s._pack(_call("t"), "fn", [b"x" * 10], {})
+    assert small is not None and len(small) <= 1000
+    assert pickle.loads(small)[2] == [b"x" * 10]
+
+
 def test_an_argument_that_cannot_be_pickled_fails_in_the_callers_remote():
     _, s = _setup(window_s=60.0)
     s.submit(_call("t0"), "fn", [0], {})
