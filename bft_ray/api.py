@@ -641,6 +641,12 @@ def init(
     """
     global _cluster
     with _lock:
+        attached = _cluster if _cluster is not None and not _cluster.owner else None
+    if attached is not None and not attached.closed:
+        # A Ray worker is reused across tasks: one that attached for an earlier task (to a
+        # cluster that may be gone by now) attaches afresh. Detaching frees nothing.
+        attached.shutdown()
+    with _lock:
         if _cluster is not None and not _cluster.closed:
             raise ConfigError(
                 "bft_ray.init() was already called in this process; call bft_ray.shutdown() "
@@ -1139,13 +1145,14 @@ def certificate(ref: ObjectRef, *, timeout: float | None = None) -> Certificate:
         raise VerificationTimeoutError(f"certificate not ready within {timeout}s")
     ray_task = ref.task_id().hex()
     asked = cluster._verifier.certificate.remote(cluster._task_ids.get(ray_task), ray_task)
-    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    # At least a moment for the lookup itself, even if waiting for the value used the budget.
+    left = None if deadline is None else max(0.5, deadline - time.monotonic())
     try:
         status, payload = ray.get(asked, timeout=left)
     except ray.exceptions.GetTimeoutError:
         raise VerificationTimeoutError(
-            f"certificate not ready within {timeout}s: the verifier group is still certifying "
-            "the value (release='verdict')"
+            f"certificate not ready within {timeout}s: the verifier did not answer in time "
+            "(with release='verdict', the group may still be certifying the value)"
         ) from None
     if status == "error":
         exc = _unwrap(payload)

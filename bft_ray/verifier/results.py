@@ -101,6 +101,8 @@ class ResultDesk:
         self._pull: asyncio.Task | None = None
         # (ticket, Ray task id, acknowledged) waiting to be named to the verifier this turn.
         self._names: list[tuple[str, str, asyncio.Future]] = []
+        # Waiting asks: ticket -> (Ray task id, acknowledged), named when their delivery comes.
+        self._asks: dict[str, tuple[str, asyncio.Future]] = {}
         self._naming: asyncio.Handle | None = None
         self._reporting: set[asyncio.Task] = set()
         self.counters = {"delivered": 0, "handed_out": 0, "batches": 0, "named": 0}
@@ -120,9 +122,16 @@ class ResultDesk:
                     )
                     break
                 self.counters["batches"] += 1
+                # Name the asks these deliveries answer (only those: the verifier holds their
+                # entries, and an ask nobody will answer names nothing), bound before any of
+                # these values is handed out.
+                for d in batch:
+                    ask = self._asks.pop(d.ticket, None) if isinstance(d, Delivery) else None
+                    if ask is not None:
+                        self._names.append((d.ticket, ask[0], ask[1]))
                 named = self._send_names()
                 if named is not None:
-                    await named  # bound before any of these values is handed out
+                    await named
                 for d in batch:
                     self._hand(d)
         except Exception as exc:  # the verifier died: its pending calls cannot be decided
@@ -134,10 +143,11 @@ class ResultDesk:
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(cause)
-        for _, _, fut in self._names:
+        for fut in [f for _, _, f in self._names] + [f for _, f in self._asks.values()]:
             if not fut.done():
                 fut.set_result(cause)  # nothing to name to a verifier that is gone
         self._names = []
+        self._asks = {}
 
     def _hand(self, d: Delivery) -> None:
         self.counters["delivered"] += 1
@@ -154,21 +164,18 @@ class ResultDesk:
             old, _ = self._unclaimed.popitem(last=False)
             logger.warning("result of %s was never asked for; dropped", old)
 
-    def _name(self, ticket: str, ray_task: str | None) -> asyncio.Future:
-        """Queue ``ticket -> ray_task`` for the verifier; the future resolves once that is
-        acknowledged (with ``None``, or the error: naming only serves certificate lookups, so
-        it never fails the call).
+    def _name(self, ticket: str, ray_task: str) -> asyncio.Future:
+        """Queue ``ticket -> ray_task`` for the verifier now; the future resolves once that
+        is acknowledged (with ``None``, or the error: naming only serves certificate lookups,
+        so it never fails the call).
 
         Names leave in batches, only when a value is about to be handed out: before the pull
-        loop hands out a batch of deliveries, and at the end of the turn for an ask whose
-        delivery was already here. Naming every ask at once cost one Ray call per turn of this
-        loop, about a sixth of the batched path's CPU per call here.
+        loop hands out a batch of deliveries (the asks those answer), and at the end of the
+        turn for an ask whose delivery was already here. Naming every ask at once cost one Ray
+        call per turn of this loop, and named asks nobody would ever answer.
         """
         fut = asyncio.get_running_loop().create_future()
-        if ray_task is None:
-            fut.set_result(None)
-        else:
-            self._names.append((ticket, ray_task, fut))
+        self._names.append((ticket, ray_task, fut))
         return fut
 
     def _name_soon(self) -> None:
@@ -204,14 +211,21 @@ class ResultDesk:
     async def result(self, ticket: str) -> Any:
         """The value of the call with this ticket once delivered (or its error, raised)."""
         await self.start()
-        named = self._name(ticket, _current_task())
+        ray_task = _current_task()
+        named: asyncio.Future | None = None
         delivery = self._unclaimed.pop(ticket, None)
-        if delivery is None:
+        if delivery is not None:
+            if ray_task is not None:
+                named = self._name(ticket, ray_task)  # its delivery came first
+        else:
             if self._dead is not None:
                 raise self._dead
             fut = self._waiting.get(ticket)
             if fut is None:
                 fut = self._waiting[ticket] = asyncio.get_running_loop().create_future()
+            if ray_task is not None:
+                named = asyncio.get_running_loop().create_future()
+                self._asks[ticket] = (ray_task, named)
             try:
                 delivery = await fut
             except asyncio.CancelledError:
@@ -221,9 +235,13 @@ class ResultDesk:
                 raise
             finally:
                 self._waiting.pop(ticket, None)
+                ask = self._asks.pop(ticket, None)
+                if ask is not None and delivery is not None and ray_task is not None:
+                    # Asked while its batch was being named: name it on its own.
+                    self._names.append((ticket, ray_task, ask[1]))
         # Named before the ref is ready: certificate(ref) asks only then, and must find it.
-        if not named.done():
-            self._name_soon()  # asked while its batch was being handed out
+        if named is not None and not named.done():
+            self._name_soon()
             await asyncio.shield(named)
         self.counters["handed_out"] += 1
         if delivery.status != "ok":

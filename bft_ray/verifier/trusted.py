@@ -217,11 +217,9 @@ class TrustedVerifier:
         self._outbox: dict[str, list] = {}  # executor id -> replicas waiting for the flush
         self._flush_scheduled = False
         self._by_ray_task: OrderedDict[str, str] = OrderedDict()  # Ray task id -> task id
-        # Batched calls: ticket -> task id (from submit_many) and ticket -> the Ray task id of
-        # the desk call that made the caller's ref (from the desk itself, name_results). A ref
-        # is bound to its call only once both halves are in (see name_results).
+        # Batched calls: ticket -> task id (from submit_many), until the result desk names the
+        # Ray task of the desk call that made the caller's ref (name_results).
         self._ticket_task: OrderedDict[str, str] = OrderedDict()
-        self._ticket_ray: OrderedDict[str, str] = OrderedDict()
         self._task_ids: OrderedDict[str, None] = OrderedDict()  # every task id taken in
         self._waiting_args: set[str] = set()
         self._active: dict[str, _Replication] = {}
@@ -507,22 +505,16 @@ class TrustedVerifier:
             ticket, ray_task = pair
             if type(ticket) is not str or type(ray_task) is not str:
                 continue
-            task_id = self._ticket_task.get(ticket)
+            # The desk names only asks whose delivery it holds, so the entry is here.
+            task_id = self._ticket_task.pop(ticket, None)
             if task_id is not None:
                 self._by_ray_task.setdefault(ray_task, task_id)
-            else:  # its entry has not arrived yet (another caller's batch, another path)
-                self._ticket_ray[ticket] = ray_task
-                while len(self._ticket_ray) > self.keep_certificates:
-                    self._ticket_ray.popitem(last=False)
         return len(pairs)
 
     def _bind_ticket(self, ticket: str, task_id: str) -> None:
         self._ticket_task[ticket] = task_id
         while len(self._ticket_task) > self.keep_certificates:
             self._ticket_task.popitem(last=False)
-        ray_task = self._ticket_ray.pop(ticket, None)
-        if ray_task is not None:
-            self._by_ray_task.setdefault(ray_task, task_id)
 
     async def _decide_and_deliver(self, call: CallSpec, work: Any, ticket: str) -> None:
         try:
@@ -580,15 +572,14 @@ class TrustedVerifier:
                 a second call under a task id would replace the first one's certificate for
                 everyone who looks it up (a worker that learned a task id could do that).
         """
-        if call.task_id in self._task_ids:
-            raise ConfigError(f"{call.name}: task id {call.task_id} was already used")
+        if not isinstance(call.task_id, str) or "/" in call.task_id:
+            # Ids with "/" are the calls of replicated instances ("<instance>/<seq>") and
+            # re-verifications; a function call under one could take over their certificate.
+            raise ConfigError(f"{call.name}: task id {call.task_id!r} is not a function call's")
         fn_ref = self._function_refs.get(fn_key)
         if fn_ref is None:
             raise ConfigError(f"{call.name}: function {fn_key} was never registered")
-
-        self._task_ids[call.task_id] = None
-        while len(self._task_ids) > 2 * self.keep_certificates:
-            self._task_ids.popitem(last=False)
+        self._take_task_id(call)
         invoke, confirmed = self._invoker(call, fn_key, fn_ref, args, kwargs)
         plan = call.plan
         spot = isinstance(plan, SpotCheck) and self.group is None
@@ -621,6 +612,16 @@ class TrustedVerifier:
             return await rep.finish()
 
         return run()
+
+    def _take_task_id(self, call: CallSpec) -> None:
+        """Take a call's task id in, once: a second call under it would replace the first
+        one's certificate for everyone who looks it up (a worker that learned a task id, an
+        executor that ran it or built an instance under it, could do that)."""
+        if call.task_id in self._task_ids:
+            raise ConfigError(f"{call.name}: task id {call.task_id} was already used")
+        self._task_ids[call.task_id] = None
+        while len(self._task_ids) > 2 * self.keep_certificates:
+            self._task_ids.popitem(last=False)
 
     def _invoker(
         self, call: CallSpec, fn_key: str, fn_ref: Any, args: list, kwargs: dict
@@ -669,6 +670,7 @@ class TrustedVerifier:
         raised, that is the user's error and is raised; an executor claiming so against a
         quorum that built it is judged like any dissenting replica.
         """
+        self._take_task_id(call)
         self._by_ray_task[ray.get_runtime_context().get_task_id()] = call.task_id
         ready = self._instance_ready(call.task_id)
         try:
@@ -886,7 +888,7 @@ class TrustedVerifier:
             tid = self._by_ray_task.get(t)
             if tid is None and i < len(known) and isinstance(known[i], str):
                 tid = known[i]
-            if tid is None or tid not in self._task_ids:
+            if tid is None:
                 out.append("not received by the verifier yet")
             elif tid in self._verdicts:
                 out.append("decided")
@@ -897,8 +899,10 @@ class TrustedVerifier:
                 )
             elif tid in self._active:
                 out.append(self._active[tid].describe())
-            else:
+            elif tid in self._task_ids:
                 out.append("queued in the verifier")
+            else:
+                out.append("not received by the verifier yet")
         return out
 
     async def describe(self) -> dict[str, Any]:
@@ -1400,7 +1404,8 @@ class TrustedVerifier:
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
         if self._certifying:
-            await asyncio.wait(list(self._certifying), timeout=self.certify_timeout_s)
+            # Bounded: a report must not hang for certify_timeout_s while the group is down.
+            await asyncio.wait(list(self._certifying), timeout=min(self.certify_timeout_s, 10.0))
         await self.pool.settle(respawn_timeout)
 
     async def scale(
@@ -1463,26 +1468,37 @@ class TrustedVerifier:
         if self.release != "verdict" or len(self._certifying) >= self.max_certifying:
             return None
         sent = self._send_for_certificate(rep, decision)
-        task = asyncio.ensure_future(self._certify_logged(rep.call.task_id, decision, sent))
+        # "uncertified" counts calls whose value was returned (not constructors, nor agreed
+        # user errors, which raise).
+        counted = rep.is_call and decision.record is not None and _returns_value(decision.record)
+        task = asyncio.ensure_future(
+            self._certify_logged(rep.call.task_id, decision, sent, counted)
+        )
         self._certifying.add(task)
         task.add_done_callback(self._certifying.discard)
         task.add_done_callback(_certified)
         return task
 
     async def _certify_logged(
-        self, task_id: str, decision: Decision, sent: Coroutine[Any, Any, Certificate | None]
+        self,
+        task_id: str,
+        decision: Decision,
+        sent: Coroutine[Any, Any, Certificate | None],
+        counted: bool,
     ) -> Certificate | None:
         try:
             return await sent
         except Exception as exc:
-            if decision.step is Step.ACCEPT:
+            if decision.step is Step.ACCEPT and counted:
                 # The value is already with the caller: say so loudly, and keep the error for
                 # bft_ray.certificate(ref).
                 self.counters["uncertified"] += 1
                 logger.warning("%s: value returned but not certified: %s", task_id, exc)
             else:
-                logger.warning("%s: failure not certified: %s", task_id, exc)
-            raise
+                logger.warning("%s: not certified: %s", task_id, exc)
+            # A fresh error, without the traceback: kept for up to keep_certificates calls, the
+            # frames would keep each call's whole output and claim alive.
+            raise VerificationError(str(exc)) from None
 
     # -- bookkeeping shared by replications ------------------------------------------------
 
@@ -1932,6 +1948,11 @@ class TrustedVerifier:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
+
+
+def _returns_value(record: VerdictRecord) -> bool:
+    """Whether an accepted verdict hands the caller a value (not an agreed user error)."""
+    return record.accepted is not None and record.accepted.status is not Status.ERROR
 
 
 def _certified(task: asyncio.Task) -> None:

@@ -239,6 +239,27 @@ def test_close_frees_the_instance_and_later_calls_fail(cluster):
     box.close()  # idempotent
 
 
+def test_a_worker_cannot_take_over_an_instances_task_ids(cluster):
+    """Executors see an instance's id when they build it, and its calls are "<id>/<seq>": a
+    function call submitted under either must be refused, or its verdict would replace the
+    instance's certificate (any worker can call the verifier)."""
+    from bft_ray.verifier.trusted import CallSpec
+
+    assert bft_ray.get(add_one.remote(1), timeout=60) == 2  # registers add_one's function
+    fn_key, _ = cluster._function_key(add_one.__wrapped__)
+    box = Box.remote(3)
+    assert bft_ray.get(box.get.remote(), timeout=60) == 3
+    before = box.certificate(timeout=60).to_json()
+    verifier = cluster._verifier
+    for tid, why in ((box.instance_id, "already used"), (f"{box.instance_id}/1", "not a function")):
+        forged = CallSpec(tid, "forged", add_one.policy)
+        with pytest.raises(ray.exceptions.RayTaskError, match=why):
+            ray.get(verifier.submit.remote(forged, fn_key, [5], {}), timeout=60)
+    assert bft_ray.get(box.get.remote(), timeout=60) == 3
+    assert box.certificate(timeout=60).to_json() == before
+    box.close()
+
+
 def test_dropping_the_last_handle_frees_the_instance(cluster):
     before = _open_instances(cluster)
     box = Box.remote(1)
