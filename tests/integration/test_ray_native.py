@@ -351,12 +351,14 @@ def test_a_second_driver_attaches_by_name(cluster, tmp_path):
 
 
 def test_a_backlog_of_short_calls_flags_no_honest_executor(cluster):
-    @bft_ray.verified_remote(replicas=3, timeout_s=0.5)
+    # The limit is well above a replica's own run time (0.1 s), so that a loaded machine's
+    # scheduling lag is not a stall; the backlog is what exceeds it.
+    @bft_ray.verified_remote(replicas=3, timeout_s=1.0)
     def short(i):
-        time.sleep(0.05)
+        time.sleep(0.1)
         return i
 
-    # 40 calls x 3 replicas of 50 ms on 4 executors: each executor's queue holds ~1.5 s of work,
+    # 40 calls x 3 replicas of 100 ms on 4 executors: each executor's queue holds ~3 s of work,
     # three times the time limit.
     n = 40
     assert bft_ray.get([short.remote(i) for i in range(n)], timeout=300) == list(range(n))
@@ -367,10 +369,10 @@ def test_a_backlog_of_short_calls_flags_no_honest_executor(cluster):
 def test_an_upstream_task_slower_than_the_time_limit(cluster):
     @ray.remote
     def slow_upstream():
-        time.sleep(1.5)
+        time.sleep(3.0)
         return 5
 
-    @bft_ray.verified_remote(replicas=3, timeout_s=0.3)
+    @bft_ray.verified_remote(replicas=3, timeout_s=1.0)
     def consume(x):
         return x * 2
 
@@ -383,7 +385,7 @@ def test_a_failed_upstream_task_fails_the_call_with_its_own_error(cluster):
     def broken_upstream():
         raise KeyError("upstream broke")
 
-    @bft_ray.verified_remote(replicas=3, timeout_s=0.3)
+    @bft_ray.verified_remote(replicas=3, timeout_s=1.0)
     def consume(x):
         return x
 
@@ -397,14 +399,14 @@ def test_an_unschedulable_upstream_argument_waits_and_names_the_cause(cluster):
     def never_scheduled():
         return 1
 
-    @bft_ray.verified_remote(replicas=3, timeout_s=0.3)
+    @bft_ray.verified_remote(replicas=3, timeout_s=1.0)
     def consume(x):
         return x
 
     upstream = never_scheduled.remote()
     ref = consume.remote(upstream)
     with pytest.raises(VerificationTimeoutError, match="waiting for its arguments"):
-        bft_ray.get(ref, timeout=2)
+        bft_ray.get(ref, timeout=3)  # three times the limit
     _honest_report(cluster)
     ray.cancel(upstream)
     with pytest.raises(ray.exceptions.TaskCancelledError):

@@ -292,18 +292,20 @@ def test_a_crashed_worker_is_a_missing_row(cluster, digits) -> None:
 def test_a_straggler_past_the_timeout_is_a_missing_row(cluster, digits) -> None:
     """Runs after the crash test: slot 4 is dead and slot 3 answers too late, so two rows
     (= f) are missing every step; trimmed mean still trains and nothing waits for slot 3."""
-    cluster.inject_fault(3, bft_ray.faults.slow(1.0))
-    faults = {3: bft_ray.faults.slow(1.0), 4: bft_ray.faults.crash(after=2)}
+    # The limit leaves honest workers ample room on a loaded machine (an honest worker past it
+    # would be a lost slot too); the straggler is far past it.
+    cluster.inject_fault(3, bft_ray.faults.slow(3.0))
+    faults = {3: bft_ray.faults.slow(3.0), 4: bft_ray.faults.crash(after=2)}
     start = time.perf_counter()
     with RayTrainer(
         config(attack="none", epochs=1),
         cluster,
         dataset=digits,
         faults=faults,
-        worker_timeout_s=0.3,
+        worker_timeout_s=1.0,
     ) as trainer:
         result = trainer.run()
     assert result.lost_slots == [3, 4] and result.halted is None
     assert result.final_accuracy > 0.3  # one epoch from 0.1: it did train
-    assert max(result.compute_seconds) < 0.9  # never waited the full second for slot 3
-    assert time.perf_counter() - start < 20
+    assert max(result.compute_seconds) < 2.5  # never waited the 3 s for slot 3
+    assert time.perf_counter() - start < 40
