@@ -28,6 +28,7 @@ Data path of one call (``submit``):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import functools
 import hmac
@@ -1297,7 +1298,7 @@ class TrustedVerifier:
         # Not a background task of settle(): probation lasts until re-admission, and a report
         # must not wait for it.
         if self._probation is None or self._probation.done():
-            self._probation = asyncio.ensure_future(self._probation_loop())
+            self._probation = _detached_task(self._probation_loop())
 
     async def _probation_loop(self) -> None:
         """Quarantined executors run canaries until they are re-admitted (or banned)."""
@@ -1471,9 +1472,7 @@ class TrustedVerifier:
         # "uncertified" counts calls whose value was returned (not constructors, nor agreed
         # user errors, which raise).
         counted = rep.is_call and decision.record is not None and _returns_value(decision.record)
-        task = asyncio.ensure_future(
-            self._certify_logged(rep.call.task_id, decision, sent, counted)
-        )
+        task = _detached_task(self._certify_logged(rep.call.task_id, decision, sent, counted))
         self._certifying.add(task)
         task.add_done_callback(self._certifying.discard)
         task.add_done_callback(_certified)
@@ -1623,7 +1622,7 @@ class TrustedVerifier:
         futs = [loop.create_future() for _ in self.group or ()]
         self._claim_outbox.append((entry, refs, futs))
         if len(self._claim_outbox) == 1:
-            loop.call_soon(self._flush_claims)
+            loop.call_soon(self._flush_claims, context=_detached_context())
         return futs
 
     def _flush_claims(self) -> None:
@@ -1725,7 +1724,7 @@ class TrustedVerifier:
         self.pool.waiting[eid] = self.pool.waiting.get(eid, 0) + 1
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            loop.call_soon(self._flush)
+            loop.call_soon(self._flush, context=_detached_context())
         return sent
 
     def _flush(self) -> None:
@@ -1801,7 +1800,7 @@ class TrustedVerifier:
         self._starts.pop(token, None)
         if eid in self._outbox and not self._flush_scheduled:
             self._flush_scheduled = True  # room in this executor's pipeline: send what waits
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush, context=_detached_context())
         now = time.monotonic()
         for head in self.pool.lanes.finish(eid, token, now):
             started = self._starts.get(head)
@@ -1944,7 +1943,7 @@ class TrustedVerifier:
                 logger.error("could not save trust state to %s: %s", self.trust_path, exc)
 
     def _track(self, coro: Any) -> asyncio.Task:
-        task = asyncio.ensure_future(coro)
+        task = _detached_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
@@ -2164,7 +2163,7 @@ class _Replication:
         spec = TaskSpec(self.call.task_id, self.attempt, self.call.name)
         self.attempt += 1
         try:
-            ref = checker(slot, spec, out.canonical.wire)
+            ref = _detached_context().run(checker, slot, spec, out.canonical.wire)
         except Exception as exc:
             ref = exc
         sent = self.v._send(slot, ref)
@@ -2185,7 +2184,7 @@ class _Replication:
             self.used_slots.add(slot.info.slot)
             spec = TaskSpec(self.call.task_id, self.attempt, self.call.name)
             try:
-                ref = self.invoke(slot, spec)
+                ref = _detached_context().run(self.invoke, slot, spec)
             except Exception as exc:
                 ref = exc
             queued = isinstance(ref, _Item)
@@ -2624,10 +2623,33 @@ async def _answer_within(sent: _Sent, timeout: float) -> Any:
     return await asyncio.wait_for(fut, timeout=max(remaining, 0.0))
 
 
+def _detached_context() -> contextvars.Context:
+    """An empty context to submit executor and verifier calls in.
+
+    ``ray.cancel(ref)`` is recursive by default: it also cancels every task the cancelled
+    task submitted, and in an async actor Ray attributes a submission to the actor task whose
+    coroutine context made it. The executor calls are the verifier's own, shared between
+    calls: a batch to one executor carries replicas of several calls, a claim batch to the
+    group carries several calls' claims, and whichever call's coroutine happened to schedule
+    the flush would own them. Submitted from the caller's context, one caller's
+    ``ray.cancel`` cancelled its replicas on honest executors, whose objects then read as a
+    Ray error (``TASK_CANCELLED``), which admission must judge a crash (an executor can make
+    its own object read so), so honest executors were retired and respawned, together with
+    other calls' batched replicas. From an empty context the calls belong to no caller.
+    """
+    return contextvars.Context()
+
+
+def _detached_task(coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
+    """A background task that belongs to no caller (see :func:`_detached_context`)."""
+    return asyncio.get_running_loop().create_task(coro, context=_detached_context())
+
+
 def _submit(method: Any, *args: Any, **kwargs: Any) -> Any:
-    """``method.remote(...)``, or the exception a failed submission raised."""
+    """``method.remote(...)`` outside any caller's task (see :func:`_detached_context`), or
+    the exception a failed submission raised."""
     try:
-        return method.remote(*args, **kwargs)
+        return _detached_context().run(method.remote, *args, **kwargs)
     except Exception as exc:
         return exc
 

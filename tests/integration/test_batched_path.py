@@ -141,6 +141,36 @@ def test_a_timeout_says_where_batched_calls_stand(cluster):
     assert bft_ray.get(refs, timeout=60) == list(range(4))
 
 
+def test_cancelling_batched_calls_fails_their_refs_and_punishes_no_executor(cluster):
+    @bft_ray.verified_remote(replicas=3)
+    def linger(x):
+        import time
+
+        time.sleep(0.5)
+        return x
+
+    before = {r["executor"]: r for r in cluster.report().executors}
+    before_calls = cluster.report().counters["calls"]
+    refs = _burst_of_one_batch(cluster, linger, 6)
+    ray.get(cluster._desk.stats.remote())  # the batch is in
+    for ref in refs:
+        ray.cancel(ref)
+    for ref in refs:
+        with pytest.raises(ray.exceptions.TaskCancelledError):
+            bft_ray.get(ref, timeout=60)
+    # The verifier goes on with the calls (their replicas are already running); once they are
+    # decided, the honest executors were not flagged for them, and nothing was replaced.
+    assert bft_ray.get(square.remote(3), timeout=120) == 9
+    deadline = time.monotonic() + 60
+    while cluster.report().counters["calls"] < before_calls + 7:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    for row in cluster.report().executors:
+        if row["fault"] != "bitflip":
+            assert row["status"] == "alive", row
+            assert row["flagged"] == before[row["executor"]]["flagged"] == 0, row
+
+
 def test_a_worker_that_knows_the_task_ids_cannot_take_their_results(cluster):
     # Executors see the task ids of the calls they run, and any Ray worker can call a named
     # actor: one that asked the desk for those tasks' results, or took verdicts from the

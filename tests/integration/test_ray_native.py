@@ -414,6 +414,39 @@ def test_an_unschedulable_upstream_argument_waits_and_names_the_cause(cluster):
     _honest_report(cluster)
 
 
+def test_cancelling_a_call_punishes_no_executor(cluster, tmp_path):
+    """``ray.cancel`` is recursive: it also cancels what the cancelled task submitted. The
+    replicas used to be submitted from the caller's verifier task, so a caller's cancel reached
+    them, their objects read as Ray errors, and three honest executors were retired."""
+
+    @bft_ray.verified_remote(replicas=3)
+    def linger(path):
+        import os
+        import pathlib
+        import time
+
+        pathlib.Path(path, f"started-{os.getpid()}").touch()
+        time.sleep(1.0)
+        pathlib.Path(path, f"done-{os.getpid()}").touch()
+        return 1
+
+    time.sleep(0.05)  # not part of a burst: the call goes to the verifier directly
+    ref = linger.remote(str(tmp_path))
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("started-*"))) < 3:  # its replicas run
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    ray.cancel(ref)
+    with pytest.raises(ray.exceptions.TaskCancelledError):
+        bft_ray.get(ref, timeout=60)
+    while len(list(tmp_path.glob("done-*"))) < 3:  # they finish on their executors anyway
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.2)  # their answers reach the verifier
+    _honest_report(cluster)
+    assert bft_ray.get(add_one.remote(1), timeout=60) == 2
+
+
 # -- batching of short replicas (keep last: it stalls and replaces an executor) ---------------
 
 
