@@ -36,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 from collections import OrderedDict
@@ -110,7 +111,9 @@ class ResultDesk:
     async def start(self) -> None:
         """Start pulling verdicts (idempotent)."""
         if self._pull is None:
-            self._pull = asyncio.ensure_future(self._pull_loop())
+            self._pull = asyncio.get_running_loop().create_task(
+                self._pull_loop(), context=contextvars.Context()
+            )
 
     async def _pull_loop(self) -> None:
         try:
@@ -180,7 +183,11 @@ class ResultDesk:
 
     def _name_soon(self) -> None:
         if self._naming is None and self._names:
-            self._naming = asyncio.get_running_loop().call_soon(self._send_names)
+            # From no caller's context: a cancelled caller's ray.cancel is recursive, and the
+            # names of other callers' refs travel in the same call (see trusted._detached_context).
+            self._naming = asyncio.get_running_loop().call_soon(
+                self._send_names, context=contextvars.Context()
+            )
 
     def _send_names(self) -> asyncio.Task | None:
         if self._naming is not None:
@@ -189,7 +196,9 @@ class ResultDesk:
         batch, self._names = self._names, []
         if not batch:
             return None
-        task = asyncio.ensure_future(self._report_names(batch))
+        task = asyncio.get_running_loop().create_task(
+            self._report_names(batch), context=contextvars.Context()
+        )
         self._reporting.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._reporting.discard)
         return task
