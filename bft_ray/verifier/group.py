@@ -40,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import hmac
 import json
@@ -302,7 +303,9 @@ class BftVerifier:
 
     def _ensure_ticker(self) -> None:
         if self._ticker is None or self._ticker.done():
-            self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+            self._ticker = asyncio.get_running_loop().create_task(
+                self._tick_loop(), context=contextvars.Context()
+            )
 
     async def _tick_loop(self) -> None:
         while True:
@@ -341,9 +344,13 @@ class BftVerifier:
 
     def _post(self, targets: list[int], msg: Any) -> None:
         data = msg.encode()
+        # Sent from no caller's context: this usually runs inside a peer's ``deliver`` call,
+        # and Ray's ray.cancel is recursive, so a Byzantine peer that cancels its own call
+        # would otherwise cancel the votes and proposals this verifier sends while handling it.
+        ctx = contextvars.Context()
         for t in targets:
             try:
-                self._peer(t).deliver.remote(self.index, data)
+                ctx.run(self._peer(t).deliver.remote, self.index, data)
                 self.counters["sent"] += 1
             except Exception as exc:  # a peer that is gone: consensus tolerates the loss
                 logger.debug("verifier %d: send to %d failed: %s", self.index, t, exc)
