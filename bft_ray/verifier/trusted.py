@@ -210,6 +210,7 @@ class TrustedVerifier:
         self.keep_certificates = keep_certificates
         self._verdicts: OrderedDict[str, Any] = OrderedDict()
         self._background: set[asyncio.Task] = set()
+        self._method_calls: set[asyncio.Task] = set()  # see call_method
         self._starts: dict[object, asyncio.Future] = {}  # lane token -> time-limit start
         self._function_refs: dict[str, Any] = {}  # function key -> its object ref
         # lane token -> (replicas in that Ray call, function key or None)
@@ -265,6 +266,9 @@ class TrustedVerifier:
             # BFT mode, release="verdict": values returned whose verdict the group then did
             # not certify (bft_ray.certificate raises for them).
             "uncertified": 0,
+            # Direct calls whose caller cancelled the ref before the verdict (ray.cancel): no
+            # verdict, and nobody judged. (A batched call is decided anyway.)
+            "cancelled": 0,
         }
         self.metrics = VerifierMetrics(cluster_of_actor())  # Prometheus (bft_ray.metrics)
         # Trust and cost (bft_ray.trust): earned trust per executor x function, credit, taint,
@@ -435,7 +439,11 @@ class TrustedVerifier:
         arguments, so Ray resolves them on the executors, never in the verifier.
         """
         work = self._call_work(call, fn_key, args, kwargs)
-        return await self._verdict(call, work, ray.get_runtime_context().get_task_id())
+        try:
+            return await self._verdict(call, work, ray.get_runtime_context().get_task_id())
+        except asyncio.CancelledError:
+            self.counters["cancelled"] += 1
+            raise
 
     async def submit_many(self, entries: list[tuple[str, str, bytes]]) -> int:
         """Take in a batch of function calls; their verdicts go to the result desk.
@@ -792,12 +800,24 @@ class TrustedVerifier:
         each instance and the dispatch to executors happens strictly in that order; from there
         Ray keeps per-caller order on each executor. Every call first waits for the
         construction (and re-raises a failed one).
+
+        A cancelled caller (``ray.cancel`` on the ref) stops waiting, but the call itself goes
+        on in the background: it holds its place in the instance's order (a call cancelled
+        while it waited for its turn never took it, and every later call of the instance
+        waited forever), and every replica of the instance runs it, so their states stay
+        alike.
         """
-        return await self._verdict(
-            call,
-            self._call_method(call, instance_id, seq, method, args, kwargs),
-            ray.get_runtime_context().get_task_id(),
+        task = _detached_task(
+            self._verdict(
+                call,
+                self._call_method(call, instance_id, seq, method, args, kwargs),
+                ray.get_runtime_context().get_task_id(),
+            )
         )
+        self._method_calls.add(task)  # the loop holds tasks weakly (settle does not wait)
+        task.add_done_callback(self._method_calls.discard)
+        task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
 
     async def _call_method(
         self,
@@ -2638,6 +2658,13 @@ def _detached_context() -> contextvars.Context:
     other calls' batched replicas. From an empty context the calls belong to no caller.
     """
     return contextvars.Context()
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    """Read a background task's outcome, so a call whose caller stopped waiting does not log
+    "exception was never retrieved" (its error went nowhere: the caller cancelled)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _detached_task(coro: Coroutine[Any, Any, Any]) -> asyncio.Task:

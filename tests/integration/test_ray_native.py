@@ -430,6 +430,7 @@ def test_cancelling_a_call_punishes_no_executor(cluster, tmp_path):
         pathlib.Path(path, f"done-{os.getpid()}").touch()
         return 1
 
+    cancelled = cluster.report().counters["cancelled"]
     time.sleep(0.05)  # not part of a burst: the call goes to the verifier directly
     ref = linger.remote(str(tmp_path))
     deadline = time.monotonic() + 60
@@ -444,7 +445,38 @@ def test_cancelling_a_call_punishes_no_executor(cluster, tmp_path):
         time.sleep(0.02)
     time.sleep(0.2)  # their answers reach the verifier
     _honest_report(cluster)
+    assert cluster.report().counters["cancelled"] == cancelled + 1
     assert bft_ray.get(add_one.remote(1), timeout=60) == 2
+
+
+def test_cancelling_an_instance_call_keeps_the_instance_order(cluster):
+    """Calls of a replicated instance are dispatched strictly in the caller's order. A call
+    cancelled while it waited for its turn never took it, so every later call of the instance
+    waited forever; the call now goes on (every replica runs it) and only its ref fails."""
+
+    @bft_ray.verified_remote(replicas=3)
+    class Tally:
+        def __init__(self):
+            import time
+
+            time.sleep(1.0)  # calls wait for the construction, in order
+            self.n = 0
+
+        def add(self, k):
+            self.n += k
+            return self.n
+
+    t = Tally.remote()
+    first = t.add.remote(1)
+    second = t.add.remote(10)
+    time.sleep(0.3)
+    ray.cancel(second)  # while it waits for its turn
+    with pytest.raises(ray.exceptions.TaskCancelledError):
+        bft_ray.get(second, timeout=60)
+    # The cancelled call still ran on every replica, in its place.
+    assert bft_ray.get([first, t.add.remote(100)], timeout=60) == [1, 111]
+    t.close()
+    _honest_report(cluster)
 
 
 # -- batching of short replicas (keep last: it stalls and replaces an executor) ---------------
