@@ -17,6 +17,7 @@ the deserialisation guard.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import os
@@ -423,7 +424,11 @@ class ExecutorPool:
             ray.kill(slot.handle, no_restart=True)
         if slot.respawns < self.setup.max_respawns:
             slot.status = "respawning"
-            task = asyncio.get_running_loop().create_task(self._respawn(slot))
+            # From no caller's context: whichever call retired the executor must not own the
+            # respawn's Ray calls (ray.cancel is recursive; see verifier.trusted._detached_context).
+            task = asyncio.get_running_loop().create_task(
+                self._respawn(slot), context=contextvars.Context()
+            )
             self._respawn_tasks.add(task)
             task.add_done_callback(self._respawn_tasks.discard)
 

@@ -460,10 +460,14 @@ class BftVerifier:
             # Set before the first await: a claim that arrives meanwhile waits for this.
             fut = self._registering.get(eid)
             if fut is None or fut.done():
-                fut = self._registering[eid] = loop.create_task(self._confirm(eid, aid, handle))
+                # From no caller's context, and awaited shielded: it is shared by every caller
+                # registering this executor, so one that cancels its own call cancels nothing.
+                fut = self._registering[eid] = loop.create_task(
+                    self._confirm(eid, aid, handle), context=contextvars.Context()
+                )
             futs[eid] = fut
         for eid, fut in futs.items():
-            out[eid] = await fut
+            out[eid] = await asyncio.shield(fut)
             if self._registering.get(eid) is fut:
                 del self._registering[eid]
         return out
@@ -636,7 +640,9 @@ class BftVerifier:
             fut = self._waiters.get(task_id)
             if fut is None:
                 fut = self._waiters[task_id] = asyncio.get_running_loop().create_future()
-            done = await fut
+            # Shielded: the future is shared by every caller waiting for this task (a peer
+            # that replays an entry and cancels its own call must not cancel the others').
+            done = await asyncio.shield(fut)
         return done
 
     def _where(self, done: Committed) -> dict:

@@ -210,7 +210,7 @@ class TrustedVerifier:
         self.keep_certificates = keep_certificates
         self._verdicts: OrderedDict[str, Any] = OrderedDict()
         self._background: set[asyncio.Task] = set()
-        self._method_calls: set[asyncio.Task] = set()  # see call_method
+        self._carried: set[asyncio.Task] = set()  # see _carry_on
         self._starts: dict[object, asyncio.Future] = {}  # lane token -> time-limit start
         self._function_refs: dict[str, Any] = {}  # function key -> its object ref
         # lane token -> (replicas in that Ray call, function key or None)
@@ -266,8 +266,8 @@ class TrustedVerifier:
             # BFT mode, release="verdict": values returned whose verdict the group then did
             # not certify (bft_ray.certificate raises for them).
             "uncertified": 0,
-            # Direct calls whose caller cancelled the ref before the verdict (ray.cancel): no
-            # verdict, and nobody judged. (A batched call is decided anyway.)
+            # Calls whose caller cancelled its ref (ray.cancel) before the verdict; each is
+            # still decided and judged like any other (see _carry_on).
             "cancelled": 0,
         }
         self.metrics = VerifierMetrics(cluster_of_actor())  # Prometheus (bft_ray.metrics)
@@ -382,7 +382,7 @@ class TrustedVerifier:
         if not items:
             return
         sig = self._key.sign(registration_bytes((eid, aid) for eid, aid, _ in items))
-        self.group[index].register_executors.remote(sig, items)
+        _submit(self.group[index].register_executors, sig, items)
 
     async def _adopt_group_standing(self) -> None:
         """Take the blocked executors from the standing f + 1 verifiers hold (a group whose
@@ -439,11 +439,9 @@ class TrustedVerifier:
         arguments, so Ray resolves them on the executors, never in the verifier.
         """
         work = self._call_work(call, fn_key, args, kwargs)
-        try:
-            return await self._verdict(call, work, ray.get_runtime_context().get_task_id())
-        except asyncio.CancelledError:
-            self.counters["cancelled"] += 1
-            raise
+        return await self._carry_on(
+            self._verdict(call, work, ray.get_runtime_context().get_task_id())
+        )
 
     async def submit_many(self, entries: list[tuple[str, str, bytes]]) -> int:
         """Take in a batch of function calls; their verdicts go to the result desk.
@@ -682,15 +680,19 @@ class TrustedVerifier:
         self._take_task_id(call)
         self._by_ray_task[ray.get_runtime_context().get_task_id()] = call.task_id
         ready = self._instance_ready(call.task_id)
-        try:
-            holders = await self._create_instance(call, cls_box, args, kwargs, close_token)
-        except BaseException as exc:
+
+        async def build() -> list[str]:
+            try:
+                holders = await self._create_instance(call, cls_box, args, kwargs, close_token)
+            except BaseException as exc:
+                if not ready.done():
+                    ready.set_exception(exc)
+                raise
             if not ready.done():
-                ready.set_exception(exc)
-            raise
-        if not ready.done():
-            ready.set_result(None)
-        return holders
+                ready.set_result(None)
+            return holders
+
+        return await self._carry_on(build())
 
     def _instance_ready(self, instance_id: str) -> asyncio.Future:
         """Resolves once the instance is built (or fails with its construction error).
@@ -711,7 +713,9 @@ class TrustedVerifier:
                 f"{name}: the instance {instance_id!r} was closed (handle.close(), or its last "
                 "handle was dropped); create a new one."
             )
-        await self._instance_ready(instance_id)
+        # Shielded: the future is shared by every call of the instance, and any worker may
+        # ask about an instance (instance_info) and cancel its own call.
+        await asyncio.shield(self._instance_ready(instance_id))
         inst = self.instances.get(instance_id)
         if inst is None:
             raise ExecutorUnavailableError(f"{name}: the instance {instance_id!r} was closed")
@@ -807,17 +811,34 @@ class TrustedVerifier:
         waited forever), and every replica of the instance runs it, so their states stay
         alike.
         """
-        task = _detached_task(
+        return await self._carry_on(
             self._verdict(
                 call,
                 self._call_method(call, instance_id, seq, method, args, kwargs),
                 ray.get_runtime_context().get_task_id(),
             )
         )
-        self._method_calls.add(task)  # the loop holds tasks weakly (settle does not wait)
-        task.add_done_callback(self._method_calls.discard)
+
+    async def _carry_on(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Await a call's verification so that the caller's cancel stops only the waiting.
+
+        ``ray.cancel(ref)`` raises ``CancelledError`` in the caller's actor task. Verification
+        cancelled halfway would judge replicas by a cancel of ours (an interrupted wait for an
+        answer is no answer), leave an instance's order stuck, or leave built replicas of an
+        instance unrecorded; so it goes on in a detached task (see
+        :func:`_detached_context`), is decided and judged as any other call, and only the
+        caller's ref fails (``TaskCancelledError``). ``counters["cancelled"]`` counts these.
+        """
+        task = _detached_task(coro)
+        self._carried.add(task)  # the loop holds tasks weakly (settle does not wait for them)
+        task.add_done_callback(self._carried.discard)
         task.add_done_callback(_retrieve)
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                self.counters["cancelled"] += 1
+            raise
 
     async def _call_method(
         self,
@@ -1030,7 +1051,8 @@ class TrustedVerifier:
             self._authorise(capability)  # an unknown instance: only the driver may even ask
             return False
         try:
-            await self._instance_ready(instance_id)  # closing waits for the construction
+            # Closing waits for the construction (shielded: the future is shared).
+            await asyncio.shield(self._instance_ready(instance_id))
         except Exception:
             self._ready.pop(instance_id, None)
             return False  # never built: nothing to free
@@ -1049,8 +1071,10 @@ class TrustedVerifier:
             for eid in inst.holders:
                 if self.pool.is_alive(eid):
                     slot = self.pool.by_id[eid]
-                    slot.handle.drop_instance.remote(
-                        self.pool.setup.capability(slot.index), instance_id
+                    _submit(
+                        slot.handle.drop_instance,
+                        self.pool.setup.capability(slot.index),
+                        instance_id,
                     )
         return inst is not None
 
@@ -1844,6 +1868,11 @@ class TrustedVerifier:
             limit = timeout * sent.items
             what = f" (a batch of {sent.items} replicas)" if sent.items > 1 else ""
             raw = NoAnswer(Status.TIMEOUT, f"no answer within {limit:g}s of starting{what}")
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this wait itself was cancelled: no evidence about the executor
+            raw = no_answer(exc)  # the answer's own future was cancelled
         except BaseException as exc:
             raw = no_answer(exc)
         out = admit(raw, expected)

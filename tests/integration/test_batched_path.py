@@ -141,30 +141,38 @@ def test_a_timeout_says_where_batched_calls_stand(cluster):
     assert bft_ray.get(refs, timeout=60) == list(range(4))
 
 
-def test_cancelling_batched_calls_fails_their_refs_and_punishes_no_executor(cluster):
+def test_cancelling_batched_calls_fails_their_refs_and_punishes_no_executor(cluster, tmp_path):
     @bft_ray.verified_remote(replicas=3)
-    def linger(x):
+    def linger(path, x):
+        import pathlib
         import time
 
-        time.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while not pathlib.Path(path, "release").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)  # held until the test has cancelled the calls
         return x
 
     before = {r["executor"]: r for r in cluster.report().executors}
     before_calls = cluster.report().counters["calls"]
-    refs = _burst_of_one_batch(cluster, linger, 6)
-    ray.get(cluster._desk.stats.remote())  # the batch is in
+    sub = cluster._submitter
+    window, sub.window_s = sub.window_s, 5.0
+    try:
+        refs = [linger.remote(str(tmp_path), i) for i in range(6)]
+    finally:
+        sub.window_s = window
     for ref in refs:
         ray.cancel(ref)
     for ref in refs:
         with pytest.raises(ray.exceptions.TaskCancelledError):
             bft_ray.get(ref, timeout=60)
-    # The verifier goes on with the calls (their replicas are already running); once they are
-    # decided, the honest executors were not flagged for them, and nothing was replaced.
-    assert bft_ray.get(square.remote(3), timeout=120) == 9
+    (tmp_path / "release").touch()
+    # The verifier goes on with the calls and decides them; the honest executors were not
+    # flagged for them, and nothing was replaced.
     deadline = time.monotonic() + 60
-    while cluster.report().counters["calls"] < before_calls + 7:
+    while cluster.report().counters["calls"] < before_calls + 6:
         assert time.monotonic() < deadline
         time.sleep(0.1)
+    assert bft_ray.get(square.remote(3), timeout=120) == 9
     for row in cluster.report().executors:
         if row["fault"] != "bitflip":
             assert row["status"] == "alive", row
