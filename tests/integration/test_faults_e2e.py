@@ -11,9 +11,11 @@ so the faulty slot takes part in every call. Faults are swapped at run time with
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
+import ray
 from _support import VERIFIER_BACKENDS, row_for_slot
 
 import bft_ray
@@ -189,6 +191,47 @@ def test_an_argument_that_cannot_reach_the_executors_fails_the_call_and_flags_no
     # flagged and killed for an argument the caller passed.
     assert fates() == before
     run_calls(1)
+
+
+@bft_ray.verified_remote(replicas=N, quorum=3)
+def held(path, k):
+    import os
+    import pathlib
+    import time
+
+    pathlib.Path(path, f"started-{os.getpid()}").touch()
+    deadline = time.monotonic() + 60
+    while not pathlib.Path(path, "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)  # held until the test has cancelled the call
+    return np.arange(3.0) * k
+
+
+def test_a_cancelled_call_is_still_decided_and_only_the_liar_is_flagged(cluster, faulty, tmp_path):
+    """``ray.cancel(ref)`` fails the ref; the call goes on, and its replicas are judged as in
+    any other call: the liar flagged, no honest executor flagged, timed out or replaced."""
+    faulty("bitflip")
+    before = {i: row_for_slot(cluster.report(), i) for i in range(N)}
+    alive = [live_id(cluster, i) for i in range(N)]
+    counters = cluster.report().counters
+    ref = held.remote(str(tmp_path), 3)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("started-*"))) < N:  # every replica runs
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    ray.cancel(ref)
+    with pytest.raises(ray.exceptions.TaskCancelledError):
+        bft_ray.get(ref, timeout=60)
+    (tmp_path / "release").touch()
+    while cluster.report().counters["accepted"] < counters["accepted"] + 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert cluster.report().counters["cancelled"] == counters["cancelled"] + 1
+    d = delta(cluster, before[FAULTY], FAULTY)
+    assert d["flagged"] == 1 and d["disagreed"] == 1
+    for i in range(FAULTY):
+        d = delta(cluster, before[i], i)
+        assert d["flagged"] == 0 and d["agreed"] == 1 and d["timeouts"] == 0 and d["crashed"] == 0
+    assert [live_id(cluster, i) for i in range(N)] == alive  # nobody replaced
 
 
 def test_colluders_below_quorum_are_outvoted(cluster, faulty):
