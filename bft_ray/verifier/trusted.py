@@ -703,7 +703,7 @@ class TrustedVerifier:
         fut = self._ready.get(instance_id)
         if fut is None:
             fut = asyncio.get_running_loop().create_future()
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # mark retrieved
+            fut.add_done_callback(_retrieve)
             self._ready[instance_id] = fut
         return fut
 
@@ -1519,7 +1519,7 @@ class TrustedVerifier:
         task = _detached_task(self._certify_logged(rep.call.task_id, decision, sent, counted))
         self._certifying.add(task)
         task.add_done_callback(self._certifying.discard)
-        task.add_done_callback(_certified)
+        task.add_done_callback(_retrieve)  # its error stays in the task for certificate()
         return task
 
     async def _certify_logged(
@@ -2001,13 +2001,6 @@ class TrustedVerifier:
 def _returns_value(record: VerdictRecord) -> bool:
     """Whether an accepted verdict hands the caller a value (not an agreed user error)."""
     return record.accepted is not None and record.accepted.status is not Status.ERROR
-
-
-def _certified(task: asyncio.Task) -> None:
-    """Done callback of a background certification: the error is kept in the task for
-    ``certificate()`` (it is read here so asyncio does not report it as never retrieved)."""
-    if not task.cancelled():
-        task.exception()
 
 
 class _Replication:
@@ -2689,11 +2682,12 @@ def _detached_context() -> contextvars.Context:
     return contextvars.Context()
 
 
-def _retrieve(task: asyncio.Task) -> None:
-    """Read a background task's outcome, so a call whose caller stopped waiting does not log
-    "exception was never retrieved" (its error went nowhere: the caller cancelled)."""
-    if not task.cancelled():
-        task.exception()
+def _retrieve(fut: asyncio.Future) -> None:
+    """Done callback that reads a future's error, so asyncio does not log "exception was never
+    retrieved" for one whose error is kept for later (a background certification's, an
+    instance's construction) or goes nowhere (a call whose caller cancelled)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _detached_task(coro: Coroutine[Any, Any, Any]) -> asyncio.Task:

@@ -208,7 +208,11 @@ def held(path, k):
 
 def test_a_cancelled_call_is_still_decided_and_only_the_liar_is_flagged(cluster, faulty, tmp_path):
     """``ray.cancel(ref)`` fails the ref; the call goes on, and its replicas are judged as in
-    any other call: the liar flagged, no honest executor flagged, timed out or replaced."""
+    any other call: the liar flagged, no honest executor flagged, timed out or replaced.
+
+    ``ray.cancel`` is recursive: it also cancels what the cancelled task submitted. The
+    replicas used to be submitted from the caller's verifier task, so a caller's cancel reached
+    them, their objects read as Ray errors, and honest executors were retired."""
     faulty("bitflip")
     before = {i: row_for_slot(cluster.report(), i) for i in range(N)}
     alive = [live_id(cluster, i) for i in range(N)]
@@ -225,13 +229,16 @@ def test_a_cancelled_call_is_still_decided_and_only_the_liar_is_flagged(cluster,
     while cluster.report().counters["accepted"] < counters["accepted"] + 1:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert cluster.report().counters["cancelled"] == counters["cancelled"] + 1
+    after = cluster.report().counters
+    assert after["cancelled"] == counters["cancelled"] + 1
+    assert after["calls"] == counters["calls"] + 1 and after["failed"] == counters["failed"]
     d = delta(cluster, before[FAULTY], FAULTY)
     assert d["flagged"] == 1 and d["disagreed"] == 1
     for i in range(FAULTY):
         d = delta(cluster, before[i], i)
         assert d["flagged"] == 0 and d["agreed"] == 1 and d["timeouts"] == 0 and d["crashed"] == 0
     assert [live_id(cluster, i) for i in range(N)] == alive  # nobody replaced
+    run_calls(1)  # and the cluster serves the next call
 
 
 def test_colluders_below_quorum_are_outvoted(cluster, faulty):

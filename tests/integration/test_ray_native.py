@@ -414,45 +414,6 @@ def test_an_unschedulable_upstream_argument_waits_and_names_the_cause(cluster):
     _honest_report(cluster)
 
 
-def test_cancelling_a_call_punishes_no_executor(cluster, tmp_path):
-    """``ray.cancel`` is recursive: it also cancels what the cancelled task submitted. The
-    replicas used to be submitted from the caller's verifier task, so a caller's cancel reached
-    them, their objects read as Ray errors, and three honest executors were retired. Now only
-    the caller's ref fails; the call is still decided and judged like any other."""
-
-    @bft_ray.verified_remote(replicas=3)
-    def linger(path):
-        import os
-        import pathlib
-        import time
-
-        pathlib.Path(path, f"started-{os.getpid()}").touch()
-        deadline = time.monotonic() + 60
-        while not pathlib.Path(path, "release").exists() and time.monotonic() < deadline:
-            time.sleep(0.02)  # held until the test has cancelled the call
-        return 1
-
-    counters = cluster.report().counters
-    time.sleep(0.05)  # not part of a burst: the call goes to the verifier directly
-    ref = linger.remote(str(tmp_path))
-    deadline = time.monotonic() + 60
-    while len(list(tmp_path.glob("started-*"))) < 3:  # its replicas run
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    ray.cancel(ref)
-    with pytest.raises(ray.exceptions.TaskCancelledError):
-        bft_ray.get(ref, timeout=60)
-    (tmp_path / "release").touch()
-    while cluster.report().counters["accepted"] < counters["accepted"] + 1:  # still decided
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    after = cluster.report().counters
-    assert after["cancelled"] == counters["cancelled"] + 1
-    assert after["calls"] == counters["calls"] + 1 and after["failed"] == counters["failed"]
-    _honest_report(cluster)
-    assert bft_ray.get(add_one.remote(1), timeout=60) == 2
-
-
 def test_cancelling_an_instance_call_keeps_the_instance_order(cluster):
     """Calls of a replicated instance are dispatched strictly in the caller's order. A call
     cancelled while it waited for its turn never took it, so every later call of the instance
