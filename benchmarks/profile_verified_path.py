@@ -66,7 +66,8 @@ REPLICAS = 3
 # Progress as plain lines on stderr, also on a terminal: a live bar redraws from a thread of
 # the driver, and the driver's CPU (all threads, from /proc) is part of what is measured.
 PROGRESS = Console(stderr=True, force_terminal=False)
-PURE_ROWS = 30  # rows pure_profile times: the bar's total (corrected at the end if it drifts)
+BATCH = 44  # replicas per executor batch in `make bench-throughput` (batched_replicas / batches)
+PURE_ROWS = 32  # rows pure_profile times: the bar's total (corrected at the end if it drifts)
 
 
 def inc(x):
@@ -104,7 +105,7 @@ class _Rows:
         self.rows: list[dict[str, Any]] = []
         self.progress = progress
 
-    def add(self, name: str, fn: Callable[[], Any], times: int = 1, n: int | None = None) -> None:
+    def add(self, name: str, fn: Callable[[], Any], times: float = 1, n: int | None = None) -> None:
         try:
             us = times * _time_us(fn, n or self.n, self.repeats)
             self.rows.append({"name": name, "us": us})
@@ -112,6 +113,14 @@ class _Rows:
             self.rows.append({"name": name, "us": None, "error": f"{type(exc).__name__}: {exc}"})
         if self.progress is not None:
             self.progress.advance(status=name.strip())  # after the row's timed loops
+
+
+def _fresh_roots(atts: list) -> list:
+    """``atts`` after emptying the cache of checked batch roots (each timed loop pays one check)."""
+    from bft_ray.executor import attestation
+
+    attestation._root_signed.cache_clear()
+    return atts
 
 
 def pure_profile(
@@ -194,6 +203,12 @@ def pure_profile(
         lambda: envelope.build(ex._key, "value", tid, 0, "ex0", "slot0", payload),
     )
     e.add("ExecutorActor.run total (in process)", lambda: ex.run(cap0, spec0, fn_key, None, 7))
+    batch_answers = [("value", f"{tid}-{j}", 0, "ex0", "slot0", payload, "") for j in range(BATCH)]
+    e.add(
+        f"envelope.build_batch, per answer of {BATCH} (one signature)",
+        lambda: envelope.build_batch(ex._key, batch_answers),
+        1 / BATCH,
+    )
 
     # verifier
     v = _Rows(n, repeats, progress)
@@ -223,6 +238,15 @@ def pure_profile(
         "3x Attestation.verify (Ed25519 verify)",
         lambda: att.verify(expected_key=keys["ex0"]),
         REPLICAS,
+    )
+    batched = [
+        envelope.parse(r).attestation()
+        for r in envelope.build_batch(executors[0]._key, batch_answers)
+    ]
+    v.add(
+        f"3x Attestation.verify, batched ({BATCH} per signature, root checked once)",
+        lambda: [a.verify(expected_key=keys["ex0"]) for a in _fresh_roots(batched)],
+        REPLICAS / BATCH,
     )
     v.add("3x decode_canonical(payload)", lambda: decode_canonical(env.payload), REPLICAS)
     v.add("3x admit total", lambda: admit(raws[0], exps[0]), REPLICAS)

@@ -165,7 +165,8 @@ class ExecutorActor:
         }
         return encode(answer)
 
-    def _answer(self, spec: TaskSpec, compute: Any) -> Any:
+    def _outcome(self, spec: TaskSpec, compute: Any) -> tuple[str, bytes, str, Any]:
+        """Run ``compute`` for ``spec``: ``(kind, payload, note, fault context)``, unsigned."""
         global _INSIDE_EXECUTOR
         ctx = fault_lib.FaultContext(self.index, spec.task_id, spec.attempt, self.seed)
         start = time.perf_counter()
@@ -185,11 +186,15 @@ class ExecutorActor:
             payload = error_payload(exc)
         finally:
             _INSIDE_EXECUTOR = False
-        raw = envelope.build(
-            self._key, kind, spec.task_id, spec.attempt, self.executor_id, self.slot, payload, note
-        )
         logger.debug(
             "%s answered %s in %.3fs", self.executor_id, spec.task_id, time.perf_counter() - start
+        )
+        return kind, payload, note, ctx
+
+    def _answer(self, spec: TaskSpec, compute: Any) -> Any:
+        kind, payload, note, ctx = self._outcome(spec, compute)
+        raw = envelope.build(
+            self._key, kind, spec.task_id, spec.attempt, self.executor_id, self.slot, payload, note
         )
         return self.behaviour.on_wire(raw, ctx)
 
@@ -222,16 +227,28 @@ class ExecutorActor:
 
         Called with ``num_returns=len(items)``, so each envelope is its own object (read as raw
         bytes like any answer). Items are ``(spec, fn_key, args, kwargs)`` for functions this
-        executor already holds; one item's exception never touches the others'.
+        executor already holds; one item's exception never touches the others'. The envelopes
+        share one batch signature (:func:`bft_ray.executor.envelope.build_batch`).
         """
         self._authorise(capability)
-        answers = []
+        outcomes = []
         for spec, fn_key, args, kwargs in items:
             func = self._functions.get(fn_key)
             if func is None:
                 func = self._missing(fn_key)
-            answers.append(self._answer(spec, lambda f=func, a=args, k=kwargs: f(*a, **k)))
-        return answers
+            outcomes.append(
+                (spec, self._outcome(spec, lambda f=func, a=args, k=kwargs: f(*a, **k)))
+            )
+        # One signature for the whole batch (a Merkle root; each envelope carries its path):
+        # a signature here and its check on every verifier cost more than a trivial replica.
+        raws = envelope.build_batch(
+            self._key,
+            [
+                (kind, spec.task_id, spec.attempt, self.executor_id, self.slot, payload, note)
+                for spec, (kind, payload, note, _ctx) in outcomes
+            ],
+        )
+        return [self.behaviour.on_wire(raw, ctx) for raw, (_spec, (*_, ctx)) in zip(raws, outcomes)]
 
     def _missing(self, fn_key: str) -> Any:
         def func(*_a: Any, **_k: Any) -> Any:

@@ -7,6 +7,13 @@ field is covered by the signature, the public key included, under the domain tag
 
 ``task_id``, ``attempt``, ``executor_id``, ``slot``, ``kind``, ``digest``, ``public_key``.
 
+An executor answering a batch of replicas in one Ray call signs once for the batch
+(:meth:`Attestation.create_batch`): those same signed bytes are the leaves of a Merkle tree
+(:mod:`bft_ray.merkle`), the executor signs the root under ``bft-ray/attestation-batch/v1``, and
+each attestation carries its leaf's ``position`` and sibling ``path``. Checking one climbs the
+path (a few blake3 hashes) and checks the root's signature, which is cached per
+``(key, root, signature)``: the batch's other attestations then cost no signature check.
+
 Checking never raises: :meth:`Attestation.verify` answers ``False`` for a forged, re-labelled
 or malformed attestation (wrong types, wrong lengths, an unknown kind).
 
@@ -21,19 +28,31 @@ Example:
     False
     >>> Attestation.from_dict(att.to_dict()) == att
     True
+    >>> batch = Attestation.create_batch(key, [("t2", 0, "ex0", "slot0", "value", b"\x01" * 32),
+    ...                                        ("t3", 0, "ex0", "slot0", "error", b"\x02" * 32)])
+    >>> [a.verify() for a in batch], batch[0].signature == batch[1].signature
+    ([True, True], True)
+    >>> dataclasses.replace(batch[1], task_id="t2").verify()   # each leaf is bound to the root
+    False
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+from collections.abc import Sequence
 from typing import Any
 
+from bft_ray import merkle
 from bft_ray.crypto import SigningKey, encode_fields, verify_signature
 
 __all__ = ["KINDS", "Attestation"]
 
 _DOMAIN = b"bft-ray/attestation/v2"
+_BATCH_DOMAIN = b"bft-ray/attestation-batch/v1"  # what a batch's signature covers: key and root
+_PROOF_DOMAIN = b"bft-ray/attestation-proof/v1"  # a batched attestation's record, for digests
+_BATCH_FIELDS = ("position", "path")  # present in to_dict only for a batched attestation
 KINDS = ("value", "error")
 _TEXT = ("task_id", "executor_id", "slot", "kind")
 _BYTES = {"digest": 32, "public_key": 32, "signature": 64}
@@ -58,7 +77,10 @@ class Attestation:
             an exception user code raised).
         digest: blake3 digest of the canonical answer bytes (32 bytes).
         public_key: Executor's Ed25519 public key (raw 32 bytes).
-        signature: Ed25519 signature (64 bytes) over every field above.
+        signature: Ed25519 signature (64 bytes) over every field above, or, for a batched
+            attestation, over the key and the Merkle root of the batch's records.
+        position: A batched attestation's leaf index in its batch (0 otherwise).
+        path: A batched attestation's sibling hashes, leaf to root (empty otherwise).
     """
 
     task_id: str
@@ -69,9 +91,15 @@ class Attestation:
     digest: bytes
     public_key: bytes
     signature: bytes
+    position: int = 0
+    path: tuple[bytes, ...] = ()
 
     def message(self) -> bytes:
-        """The signed bytes (domain-separated, length-prefixed fields)."""
+        """The attested record (domain-separated, length-prefixed fields).
+
+        A single attestation's signature covers these bytes; a batched one's covers the root
+        of the tree whose leaf they are.
+        """
         return _message(
             self.task_id,
             self.attempt,
@@ -99,6 +127,32 @@ class Attestation:
             ValueError: For fields that could never verify (an unknown kind, a digest that is
                 not 32 bytes, non-text ids, an attempt outside 64-bit range).
         """
+        fields = cls._checked(key, (task_id, attempt, executor_id, slot, kind, digest))
+        return cls(*fields, key.sign(_message(*fields)))
+
+    @classmethod
+    def create_batch(
+        cls, key: SigningKey, records: Sequence[tuple[str, int, str, str, str, bytes]]
+    ) -> list[Attestation]:
+        """Sign several claims with one signature (runs inside the executor).
+
+        ``records`` are ``(task_id, attempt, executor_id, slot, kind, digest)``. A batch of one
+        is signed as a single attestation.
+
+        Raises:
+            ValueError: As :meth:`create`, for any record; or for an empty batch.
+        """
+        if len(records) <= 1:
+            return [cls.create(key, *r) for r in records]
+        atts = [cls._checked(key, r) for r in records]
+        root, paths = merkle.merkle_paths([merkle.leaf_hash(_message(*f)) for f in atts])
+        signature = key.sign(_root_message(key.public_bytes, root))
+        return [cls(*f, signature, i, p) for i, (f, p) in enumerate(zip(atts, paths))]
+
+    @classmethod
+    def _checked(cls, key: SigningKey, record: tuple) -> tuple:
+        """``record`` and the key's public bytes as an attestation's signed fields, checked."""
+        task_id, attempt, executor_id, slot, kind, digest = record
         digest = bytes(digest) if isinstance(digest, (bytearray, memoryview)) else digest
         fields = (task_id, attempt, executor_id, slot, kind, digest, key.public_bytes)
         if not cls(*fields, bytes(64)).well_formed():
@@ -106,7 +160,22 @@ class Attestation:
                 "an attestation needs text task_id/executor_id/slot, an integer attempt, "
                 f"kind in {KINDS} and a 32-byte digest"
             )
-        return cls(*fields, key.sign(_message(*fields)))
+        return fields
+
+    @property
+    def batched(self) -> bool:
+        """Whether the signature covers a batch's root (the attestation carries a path)."""
+        return bool(self.path)
+
+    def signed_record(self) -> bytes:
+        """What identifies this attestation in a digest over it, with :attr:`signature`.
+
+        A single attestation's record is :meth:`message`; a batched one's adds its position and
+        path under its own domain tag, so the two kinds never read alike.
+        """
+        if not self.path:
+            return self.message()
+        return encode_fields(_PROOF_DOMAIN, self.message(), self.position, b"".join(self.path))
 
     def well_formed(self) -> bool:
         """Whether every field has its exact type and size, and the kind is known (never raises)."""
@@ -121,6 +190,11 @@ class Attestation:
                     type(getattr(self, f)) is bytes and len(getattr(self, f)) == n
                     for f, n in _BYTES.items()
                 )
+                and type(self.position) is int
+                and type(self.path) is tuple
+                and len(self.path) <= merkle.MAX_DEPTH
+                and all(type(h) is bytes and len(h) == 32 for h in self.path)
+                and 0 <= self.position < (1 << len(self.path))
             )
         except Exception:
             return False
@@ -138,7 +212,10 @@ class Attestation:
                 or bytes(expected_key) != self.public_key
             ):
                 return False
-            return verify_signature(self.public_key, self.message(), self.signature)
+            if not self.path:
+                return verify_signature(self.public_key, self.message(), self.signature)
+            root = merkle.climb(merkle.leaf_hash(self.message()), self.position, self.path)
+            return _root_signed(self.public_key, root, self.signature)
         except Exception:
             return False
 
@@ -146,8 +223,13 @@ class Attestation:
         """JSON-ready fields (bytes as lowercase hex)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
+            if f.name in _BATCH_FIELDS:
+                continue
             v = getattr(self, f.name)
             out[f.name] = v.hex() if isinstance(v, bytes) else v
+        if self.path:
+            out["position"] = self.position
+            out["path"] = [h.hex() for h in self.path]
         return out
 
     @classmethod
@@ -158,10 +240,21 @@ class Attestation:
             ValueError: For missing, extra or mistyped fields, hex that is not lowercase and
                 even-length, wrong lengths or an unknown kind.
         """
-        names = [f.name for f in dataclasses.fields(cls)]
-        if type(data) is not dict or set(data) != set(names):
-            raise ValueError(f"an attestation needs exactly the fields {names}")
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in _BATCH_FIELDS]
+        batched = type(data) is dict and set(data) == {*names, *_BATCH_FIELDS}
+        if type(data) is not dict or (set(data) != set(names) and not batched):
+            raise ValueError(
+                f"an attestation needs exactly the fields {names} (and {list(_BATCH_FIELDS)} "
+                "for a batched one)"
+            )
         kw: dict[str, Any] = {}
+        if batched:
+            pos, path = data["position"], data["path"]
+            if type(pos) is not int or type(path) is not list or not path:
+                raise ValueError("a batched attestation needs an integer position, a list path")
+            if not all(type(h) is str and _HEX.fullmatch(h) for h in path):
+                raise ValueError("attestation path entries must be lowercase hex text")
+            kw["position"], kw["path"] = pos, tuple(bytes.fromhex(h) for h in path)
         for name in names:
             v = data[name]
             if name in _BYTES:
@@ -179,9 +272,22 @@ class Attestation:
         att = cls(**kw)
         if not att.well_formed():
             raise ValueError(
-                f"attestation fields out of range (kind in {KINDS}, sizes {_BYTES}, 64-bit attempt)"
+                f"attestation fields out of range (kind in {KINDS}, sizes {_BYTES}, 64-bit "
+                f"attempt, a path of at most {merkle.MAX_DEPTH} 32-byte hashes and a position "
+                "within it)"
             )
         return att
+
+
+def _root_message(public_key: bytes, root: bytes) -> bytes:
+    return encode_fields(_BATCH_DOMAIN, public_key, root)
+
+
+@functools.lru_cache(maxsize=1024)
+def _root_signed(public_key: bytes, root: bytes, signature: bytes) -> bool:
+    # A pure function of its arguments, so caching it is sound: the batch's first attestation
+    # pays the signature check, its siblings (and a recheck of any of them) hit the cache.
+    return verify_signature(public_key, _root_message(public_key, root), signature)
 
 
 def _message(

@@ -11,8 +11,12 @@ Layout (all integers little-endian)::
 
     b"BFTE" | u8 version | u8 kind (0 value, 1 error)
     | u32 len + task_id | i64 attempt | u32 len + executor_id | u32 len + slot
-    | 32 bytes public key | 64 bytes signature | u32 len + note (UTF-8)
-    | payload (canonical wire bytes) to the end
+    | 32 bytes public key | 64 bytes signature
+    | (version 2 only) u8 depth + u32 position + depth x 32 bytes Merkle path
+    | u32 len + note (UTF-8) | payload (canonical wire bytes) to the end
+
+Version 1 carries a single attestation; version 2 one of a batch signed once
+(:meth:`Attestation.create_batch`), built by :func:`build_batch`.
 
 The attestation's digest is not carried: the trusted side recomputes it from the payload it
 actually received and checks the signature against that, so a digest that does not match the
@@ -26,24 +30,31 @@ Example:
     >>> env = parse(raw)
     >>> env.kind, env.task_id, env.slot, bytes(env.payload)
     ('value', 't1', 'slot0', b'\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00')
+    >>> raws = build_batch(key, [(VALUE, "t2", 0, "ex0", "slot0", b"\\x01", ""),
+    ...                          (ERROR, "t3", 0, "ex0", "slot0", b"\\x02", "boom")])
+    >>> [parse(r).attestation().verify() for r in raws], parse(raws[1]).note
+    ([True, True], 'boom')
 """
 
 from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Sequence
 
+from bft_ray import merkle
 from bft_ray.compare.digest import digest_wire
 from bft_ray.crypto import SigningKey
 from bft_ray.executor.attestation import Attestation
 
-__all__ = ["ERROR", "VALUE", "Envelope", "EnvelopeError", "build", "parse"]
+__all__ = ["ERROR", "VALUE", "Envelope", "EnvelopeError", "build", "build_batch", "parse"]
 
 VALUE = "value"
 ERROR = "error"
 _KINDS = (VALUE, ERROR)
 _MAGIC = b"BFTE"
-_VERSION = 1
+_VERSION = 1  # a single attestation
+_BATCH_VERSION = 2  # one attestation of a batch: its Merkle position and path follow the signature
 _MAX_TEXT = 1 << 20  # ids and notes: bounded, so a lie cannot make the parser allocate much
 _NOTE_LIMIT = 64 * 1024
 
@@ -65,6 +76,8 @@ class Envelope:
     signature: bytes
     note: str
     payload: memoryview
+    position: int = 0
+    path: tuple[bytes, ...] = ()
 
     def attestation(self) -> Attestation:
         """The attestation these fields claim, with the digest of the payload received."""
@@ -77,6 +90,8 @@ class Envelope:
             digest=digest_wire(self.payload),
             public_key=self.public_key,
             signature=self.signature,
+            position=self.position,
+            path=self.path,
         )
 
 
@@ -99,20 +114,41 @@ def build(
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, not {kind!r}")
     att = Attestation.create(key, task_id, attempt, executor_id, slot, kind, digest_wire(payload))
-    head = b"".join(
-        [
-            _MAGIC,
-            struct.pack("<BB", _VERSION, _KINDS.index(kind)),
-            _text(task_id),
-            struct.pack("<q", attempt),
-            _text(executor_id),
-            _text(slot),
-            att.public_key,
-            att.signature,
-            _text(note[:_NOTE_LIMIT]),
-        ]
+    return _wrap(att, payload, note)
+
+
+def build_batch(
+    key: SigningKey, answers: Sequence[tuple[str, str, int, str, str, bytes, str]]
+) -> list[bytes]:
+    """Envelopes for several answers under one signature (runs inside the executor).
+
+    ``answers`` are ``(kind, task_id, attempt, executor_id, slot, payload, note)``; a batch of
+    one is a plain :func:`build`.
+    """
+    for a in answers:
+        if a[0] not in _KINDS:
+            raise ValueError(f"kind must be one of {_KINDS}, not {a[0]!r}")
+    atts = Attestation.create_batch(
+        key, [(t, at, e, s, k, digest_wire(p)) for k, t, at, e, s, p, _ in answers]
     )
-    return b"".join([head, payload])
+    return [_wrap(att, a[5], a[6]) for att, a in zip(atts, answers)]
+
+
+def _wrap(att: Attestation, payload: bytes, note: str) -> bytes:
+    parts = [
+        _MAGIC,
+        struct.pack("<BB", _BATCH_VERSION if att.path else _VERSION, _KINDS.index(att.kind)),
+        _text(att.task_id),
+        struct.pack("<q", att.attempt),
+        _text(att.executor_id),
+        _text(att.slot),
+        att.public_key,
+        att.signature,
+    ]
+    if att.path:
+        parts += [struct.pack("<BI", len(att.path), att.position), *att.path]
+    parts.append(_text(note[:_NOTE_LIMIT]))
+    return b"".join([*parts, payload])
 
 
 class _Reader:
@@ -149,7 +185,7 @@ def parse(data: bytes | memoryview) -> Envelope:
     if bytes(r.take(4)) != _MAGIC:
         raise EnvelopeError("not an answer envelope (bad magic)")
     version, kind = struct.unpack("<BB", r.take(2))
-    if version != _VERSION:
+    if version not in (_VERSION, _BATCH_VERSION):
         raise EnvelopeError(f"unsupported envelope version {version}")
     if kind >= len(_KINDS):
         raise EnvelopeError(f"unknown answer kind {kind}")
@@ -159,8 +195,24 @@ def parse(data: bytes | memoryview) -> Envelope:
     slot = r.text()
     public_key = bytes(r.take(32))
     signature = bytes(r.take(64))
+    position, path = 0, ()
+    if version == _BATCH_VERSION:
+        depth, position = struct.unpack("<BI", r.take(5))
+        if not 0 < depth <= merkle.MAX_DEPTH or position >= 1 << depth:
+            raise EnvelopeError("envelope Merkle path out of range")
+        path = tuple(bytes(r.take(32)) for _ in range(depth))
     note = r.text()
     payload = r.data[r.pos :]
     return Envelope(
-        _KINDS[kind], task_id, attempt, executor_id, slot, public_key, signature, note, payload
+        _KINDS[kind],
+        task_id,
+        attempt,
+        executor_id,
+        slot,
+        public_key,
+        signature,
+        note,
+        payload,
+        position,
+        path,
     )

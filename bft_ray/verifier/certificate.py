@@ -226,12 +226,12 @@ class Certificate:
             len(self.agreeing),
         ]
         for a in self.agreeing:
-            fields += [a.message(), a.signature]
+            fields += [a.signed_record(), a.signature]
         fields.append(len(self.dissenting))
         for d in self.dissenting:
             fields += [d.executor_id, d.outcome, d.reason, int(d.attestation is not None)]
             if d.attestation is not None:
-                fields += [d.attestation.message(), d.attestation.signature]
+                fields += [d.attestation.signed_record(), d.attestation.signature]
         fields.append(len(self.executor_keys))
         for eid, key in self.executor_keys:
             fields += [eid, key]

@@ -20,6 +20,7 @@ from _support import VERIFIER_BACKENDS, row_for_slot
 
 import bft_ray
 from bft_ray import faults
+from bft_ray.executor import envelope
 
 pytestmark = pytest.mark.ray
 
@@ -239,6 +240,51 @@ def test_a_cancelled_call_is_still_decided_and_only_the_liar_is_flagged(cluster,
         assert d["flagged"] == 0 and d["agreed"] == 1 and d["timeouts"] == 0 and d["crashed"] == 0
     assert [live_id(cluster, i) for i in range(N)] == alive  # nobody replaced
     run_calls(1)  # and the cluster serves the next call
+
+
+@bft_ray.verified_remote(replicas=N, quorum=3)
+def plus_one(x):
+    return x + 1
+
+
+def _rewrite_batch_path():
+    """Flip a bit of a batched answer's Merkle path (a version-2 envelope); lone answers pass.
+
+    Made in the test (cloudpickle ships a closure by value; this module does not import on an
+    executor)."""
+
+    def rewrite(raw, ctx):
+        if not isinstance(raw, bytes) or raw[4] != 2:
+            return raw
+        env = envelope.parse(raw)
+        at = len(raw) - len(env.payload) - 4 - len(env.note.encode()) - 1  # the path's last byte
+        return raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1 :]
+
+    return rewrite
+
+
+def test_batched_answers_are_signed_once_and_a_rewritten_path_is_refused(cluster, faulty):
+    """A burst of trivial calls reaches the executors in batches, each batch signed once (a
+    Merkle root); certificates carry the batched attestations and verify offline. A liar that
+    rewrites its batched answers' paths is flagged invalid; no honest executor is flagged."""
+    faulty(faults.wire(_rewrite_batch_path()))
+    before = {i: row_for_slot(cluster.report(), i) for i in range(N)}
+    counters = cluster.report().counters
+    assert bft_ray.get(plus_one.remote(-1), timeout=60) == 0  # measured: batched from now on
+    refs = [plus_one.remote(i) for i in range(60)]
+    assert bft_ray.get(refs, timeout=120) == [i + 1 for i in range(60)]
+    assert cluster.report().counters["batched_replicas"] > counters["batched_replicas"]
+    certs = [bft_ray.certificate(r) for r in refs]
+    batched = [a for c in certs for a in c.agreeing if a.batched]
+    assert batched, "no certificate carries a batched attestation"
+    assert len({a.signature for a in batched}) < len(batched)  # shared by a batch's answers
+    keys = cluster.verifier_keys()
+    for ref, cert in zip(refs, certs):
+        assert bft_ray.verify_certificate(cert, keys, task_id=bft_ray.task_id(ref))
+    d = delta(cluster, before[FAULTY], FAULTY)
+    assert d["invalid"] >= 1 and d["flagged"] == d["invalid"], d  # lone answers are honest
+    for i in range(FAULTY):
+        assert delta(cluster, before[i], i)["flagged"] == 0, i
 
 
 def test_colluders_below_quorum_are_outvoted(cluster, faulty):
