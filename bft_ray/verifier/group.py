@@ -84,7 +84,7 @@ from bft_ray.verifier.claims import (
     encode_payload,
 )
 from bft_ray.verifier.commit_proof import encode_proof
-from bft_ray.verifier.recheck import Recheck, Verdict, recheck
+from bft_ray.verifier.recheck import FOREIGN, Recheck, Verdict, recheck
 from bft_ray.verifier.records import CallMeta, certificate_fields
 from bft_ray.verifier.registry import ExecutorRegistry, Registered, registration_bytes
 from bft_ray.verifier.replica import OPERATOR_OK, Committed, VerifierReplica
@@ -594,7 +594,7 @@ class BftVerifier:
             except ValueError:
                 actor_bytes = b""
             if not actor_bytes or ref.task_id().actor_id().binary() != actor_bytes:
-                out[r.object_id] = NoAnswer(Status.INVALID, "object not produced by that executor")
+                out[r.object_id] = FOREIGN
                 continue
             guard.guard_actor(actor_bytes)
             # A failed replica's object too is read to its final state (the dispatcher kills a

@@ -34,11 +34,16 @@ from typing import Any
 
 from bft_ray.config import Policy
 from bft_ray.executor.envelope import EnvelopeError, parse
-from bft_ray.verifier.admission import Expected, Status, admit, failed
+from bft_ray.verifier.admission import Expected, NoAnswer, Status, admit, failed
 from bft_ray.verifier.claims import Judged, VerdictClaim
 from bft_ray.verifier.decision import CallState, Judgement, Label, Step, VerdictRecord
 
 __all__ = ["Recheck", "Verdict", "judged", "recheck", "record_of"]
+
+# What a verifier reads for an object that the claim says an executor produced but whose id
+# names another actor's task (``BftVerifier._read`` checks the producer from the object id):
+# never evidence of that executor's failure, whatever the claim says it was.
+FOREIGN = NoAnswer(Status.INVALID, "object not produced by that executor")
 
 _FAILURE_STATUS = {
     "crashed": Status.CRASHED,
@@ -87,7 +92,8 @@ def recheck(claim: VerdictClaim, answers: Mapping[str, Any]) -> Recheck:
         claim: The decoded claim (its dispatcher signature already checked).
         answers: Object id hex -> what this verifier got for it: the raw answer bytes, or a
             :class:`NoAnswer` when the object was not ready when the claim arrived, or had
-            failed. Objects not read at all are absent.
+            failed, or :data:`FOREIGN` (that very object) when its id names another actor's
+            task than the executor's the claim names. Objects not read at all are absent.
 
     Returns:
         A :class:`Recheck`; never raises on a malformed claim or answer.
@@ -146,6 +152,10 @@ def _recheck(claim: VerdictClaim, answers: Mapping[str, Any]) -> Recheck:
         # that failed at the dispatcher) is listed as "-", since nothing shows it failed.
         if not r.object_id and r.executor_id != "-":
             return _invalid(f"{r.executor_id} {r.failure}: the claim names no object to check")
+        if got is FOREIGN:
+            # A failure "seen" in another actor's object: a dispatcher could pin any failure
+            # on an honest executor this way.
+            return _invalid(f"claims {r.executor_id} {r.failure} in an object another actor made")
         if isinstance(got, bytes):
             out = admit(got, expected)
             if out.comparable:

@@ -42,7 +42,7 @@ from bft_ray.verifier.claims import (
     encode_payload,
 )
 from bft_ray.verifier.decision import CallState, Label
-from bft_ray.verifier.recheck import judged, recheck
+from bft_ray.verifier.recheck import FOREIGN, judged, recheck
 from bft_ray.verifier.records import CallMeta, certificate_fields
 from bft_ray.verifier.replica import MemoryLedger, VerdictApp, VerifierReplica
 
@@ -315,6 +315,10 @@ _INVENTED = {
     "invalid, attempt misnamed": (("failed", "invalid", 5, "o2"), "honest", False),
     "invalid, another task's object": (("failed", "invalid", 0, "o2"), "other task", False),
     "answered, attempt misnamed": (("answered", "", 5, "o2"), "honest", False),
+    # Fixed: a failure named in an object of another actor (the verifier reads FOREIGN for it)
+    # was taken at the claim's word; an adversarial review found it.
+    "invalid, another actor's object": (("failed", "invalid", 0, "o2"), "foreign", False),
+    "crashed, another actor's object": (("failed", "crashed", 0, "o2"), "foreign", False),
 }
 _INVENTED_REASONS = {
     "timeout, no object named": "a failed replica that names no object is taken on the claim's "
@@ -347,6 +351,8 @@ def test_an_honest_answer_is_never_turned_into_a_failure(variant):
         del answers["o2"]
     elif read == "other task":
         answers["o2"] = envelope(KEYS["ex2"], "ex2", "s2", GOOD, task="another-task")
+    elif read == "foreign":
+        answers["o2"] = FOREIGN  # what BftVerifier._read hands the recheck for such an object
     reason = "made up" if failure else ""
     if read == "other task":  # a liar that knows the rules uses admission's own reason
         exp = Expected("t1", attempt, "ex2", "s2", KEYS["ex2"].public_bytes)
@@ -375,6 +381,8 @@ def test_an_honest_answer_is_never_turned_into_a_failure(variant):
         # Fixed: the executor's signed answer to another call is MISATTRIBUTED, which flags no
         # one, so the claim's INVALID flag does not replay.
         "invalid, another task's object": "but it answered (misattributed)",
+        "invalid, another actor's object": "in an object another actor made",
+        "crashed, another actor's object": "in an object another actor made",
     }.get(variant, _ANSWER_THERE)
     if not _INVENTED[variant][2]:
         assert expected_reason in r.reason, r.reason
