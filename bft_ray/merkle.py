@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import blake3
 
-__all__ = ["MAX_DEPTH", "climb", "leaf_hash", "merkle_path", "merkle_root"]
+__all__ = ["MAX_DEPTH", "climb", "leaf_hash", "merkle_path", "merkle_paths", "merkle_root"]
 
 MAX_DEPTH = 24  # paths longer than this are refused: no batch is anywhere near 2**24 records
 _LEAF = "bft-ray merkle leaf v1"

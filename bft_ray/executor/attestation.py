@@ -10,7 +10,10 @@ field is covered by the signature, the public key included, under the domain tag
 An executor answering a batch of replicas in one Ray call signs once for the batch
 (:meth:`Attestation.create_batch`): those same signed bytes are the leaves of a Merkle tree
 (:mod:`bft_ray.merkle`), the executor signs the root under ``bft-ray/attestation-batch/v1``, and
-each attestation carries its leaf's ``position`` and sibling ``path``. Checking one climbs the
+each attestation carries its leaf's ``position``, a random ``salt`` and its sibling ``path``; the
+leaf binds the position and salt with the record, so a batch that repeats a record still has one
+valid position per leaf, and a path's sibling hashes reveal nothing about the batch's other
+answers (without their salts, a guessed output cannot be checked against them). Checking one climbs the
 path (a few blake3 hashes) and checks the root's signature, which is cached per
 ``(key, root, signature)``: the batch's other attestations then cost no signature check.
 
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -52,7 +56,9 @@ __all__ = ["KINDS", "Attestation"]
 _DOMAIN = b"bft-ray/attestation/v2"
 _BATCH_DOMAIN = b"bft-ray/attestation-batch/v1"  # what a batch's signature covers: key and root
 _PROOF_DOMAIN = b"bft-ray/attestation-proof/v1"  # a batched attestation's record, for digests
-_BATCH_FIELDS = ("position", "path")  # present in to_dict only for a batched attestation
+_LEAF_DOMAIN = b"bft-ray/attestation-leaf/v1"  # a batched record's leaf: position, salt, record
+_BATCH_FIELDS = ("position", "salt", "path")  # in to_dict only for a batched attestation
+SALT_BYTES = 16
 KINDS = ("value", "error")
 _TEXT = ("task_id", "executor_id", "slot", "kind")
 _BYTES = {"digest": 32, "public_key": 32, "signature": 64}
@@ -80,6 +86,7 @@ class Attestation:
         signature: Ed25519 signature (64 bytes) over every field above, or, for a batched
             attestation, over the key and the Merkle root of the batch's records.
         position: A batched attestation's leaf index in its batch (0 otherwise).
+        salt: A batched attestation's random 16 bytes, hashed into its leaf (empty otherwise).
         path: A batched attestation's sibling hashes, leaf to root (empty otherwise).
     """
 
@@ -92,6 +99,7 @@ class Attestation:
     public_key: bytes
     signature: bytes
     position: int = 0
+    salt: bytes = b""
     path: tuple[bytes, ...] = ()
 
     def message(self) -> bytes:
@@ -137,17 +145,22 @@ class Attestation:
         """Sign several claims with one signature (runs inside the executor).
 
         ``records`` are ``(task_id, attempt, executor_id, slot, kind, digest)``. A batch of one
-        is signed as a single attestation.
+        is signed as a single attestation; an empty one gives an empty list.
 
         Raises:
-            ValueError: As :meth:`create`, for any record; or for an empty batch.
+            ValueError: As :meth:`create`, for any record.
         """
         if len(records) <= 1:
             return [cls.create(key, *r) for r in records]
         atts = [cls._checked(key, r) for r in records]
-        root, paths = merkle.merkle_paths([merkle.leaf_hash(_message(*f)) for f in atts])
+        salts = [os.urandom(SALT_BYTES) for _ in atts]
+        root, paths = merkle.merkle_paths(
+            [_leaf(i, salt, _message(*f)) for i, (f, salt) in enumerate(zip(atts, salts))]
+        )
         signature = key.sign(_root_message(key.public_bytes, root))
-        return [cls(*f, signature, i, p) for i, (f, p) in enumerate(zip(atts, paths))]
+        return [
+            cls(*f, signature, i, salt, p) for i, (f, salt, p) in enumerate(zip(atts, salts, paths))
+        ]
 
     @classmethod
     def _checked(cls, key: SigningKey, record: tuple) -> tuple:
@@ -175,7 +188,9 @@ class Attestation:
         """
         if not self.path:
             return self.message()
-        return encode_fields(_PROOF_DOMAIN, self.message(), self.position, b"".join(self.path))
+        return encode_fields(
+            _PROOF_DOMAIN, self.message(), self.position, self.salt, b"".join(self.path)
+        )
 
     def well_formed(self) -> bool:
         """Whether every field has its exact type and size, and the kind is known (never raises)."""
@@ -195,6 +210,8 @@ class Attestation:
                 and len(self.path) <= merkle.MAX_DEPTH
                 and all(type(h) is bytes and len(h) == 32 for h in self.path)
                 and 0 <= self.position < (1 << len(self.path))
+                and type(self.salt) is bytes
+                and len(self.salt) == (SALT_BYTES if self.path else 0)
             )
         except Exception:
             return False
@@ -214,7 +231,8 @@ class Attestation:
                 return False
             if not self.path:
                 return verify_signature(self.public_key, self.message(), self.signature)
-            root = merkle.climb(merkle.leaf_hash(self.message()), self.position, self.path)
+            leaf = _leaf(self.position, self.salt, self.message())
+            root = merkle.climb(leaf, self.position, self.path)
             return _root_signed(self.public_key, root, self.signature)
         except Exception:
             return False
@@ -229,6 +247,7 @@ class Attestation:
             out[f.name] = v.hex() if isinstance(v, bytes) else v
         if self.path:
             out["position"] = self.position
+            out["salt"] = self.salt.hex()
             out["path"] = [h.hex() for h in self.path]
         return out
 
@@ -249,12 +268,15 @@ class Attestation:
             )
         kw: dict[str, Any] = {}
         if batched:
-            pos, path = data["position"], data["path"]
+            pos, salt, path = data["position"], data["salt"], data["path"]
             if type(pos) is not int or type(path) is not list or not path:
                 raise ValueError("a batched attestation needs an integer position, a list path")
-            if not all(type(h) is str and _HEX.fullmatch(h) for h in path):
-                raise ValueError("attestation path entries must be lowercase hex text")
-            kw["position"], kw["path"] = pos, tuple(bytes.fromhex(h) for h in path)
+            if len(path) > merkle.MAX_DEPTH:  # before decoding it: a lie can be long
+                raise ValueError(f"an attestation path has at most {merkle.MAX_DEPTH} entries")
+            if not all(type(h) is str and _HEX.fullmatch(h) for h in [salt, *path]):
+                raise ValueError("attestation salt and path entries must be lowercase hex text")
+            kw["position"], kw["salt"] = pos, bytes.fromhex(salt)
+            kw["path"] = tuple(bytes.fromhex(h) for h in path)
         for name in names:
             v = data[name]
             if name in _BYTES:
@@ -277,6 +299,10 @@ class Attestation:
                 "within it)"
             )
         return att
+
+
+def _leaf(position: int, salt: bytes, message: bytes) -> bytes:
+    return merkle.leaf_hash(encode_fields(_LEAF_DOMAIN, position, salt, message))
 
 
 def _root_message(public_key: bytes, root: bytes) -> bytes:

@@ -12,7 +12,7 @@ Layout (all integers little-endian)::
     b"BFTE" | u8 version | u8 kind (0 value, 1 error)
     | u32 len + task_id | i64 attempt | u32 len + executor_id | u32 len + slot
     | 32 bytes public key | 64 bytes signature
-    | (version 2 only) u8 depth + u32 position + depth x 32 bytes Merkle path
+    | (version 2 only) u8 depth + u32 position + 16 bytes salt + depth x 32 bytes Merkle path
     | u32 len + note (UTF-8) | payload (canonical wire bytes) to the end
 
 Version 1 carries a single attestation; version 2 one of a batch signed once
@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from bft_ray import merkle
 from bft_ray.compare.digest import digest_wire
 from bft_ray.crypto import SigningKey
-from bft_ray.executor.attestation import Attestation
+from bft_ray.executor.attestation import SALT_BYTES, Attestation
 
 __all__ = ["ERROR", "VALUE", "Envelope", "EnvelopeError", "build", "build_batch", "parse"]
 
@@ -77,6 +77,7 @@ class Envelope:
     note: str
     payload: memoryview
     position: int = 0
+    salt: bytes = b""
     path: tuple[bytes, ...] = ()
 
     def attestation(self) -> Attestation:
@@ -91,6 +92,7 @@ class Envelope:
             public_key=self.public_key,
             signature=self.signature,
             position=self.position,
+            salt=self.salt,
             path=self.path,
         )
 
@@ -146,7 +148,7 @@ def _wrap(att: Attestation, payload: bytes, note: str) -> bytes:
         att.signature,
     ]
     if att.path:
-        parts += [struct.pack("<BI", len(att.path), att.position), *att.path]
+        parts += [struct.pack("<BI", len(att.path), att.position), att.salt, *att.path]
     parts.append(_text(note[:_NOTE_LIMIT]))
     return b"".join([*parts, payload])
 
@@ -195,11 +197,12 @@ def parse(data: bytes | memoryview) -> Envelope:
     slot = r.text()
     public_key = bytes(r.take(32))
     signature = bytes(r.take(64))
-    position, path = 0, ()
+    position, salt, path = 0, b"", ()
     if version == _BATCH_VERSION:
         depth, position = struct.unpack("<BI", r.take(5))
         if not 0 < depth <= merkle.MAX_DEPTH or position >= 1 << depth:
             raise EnvelopeError("envelope Merkle path out of range")
+        salt = bytes(r.take(SALT_BYTES))
         path = tuple(bytes(r.take(32)) for _ in range(depth))
     note = r.text()
     payload = r.data[r.pos :]
@@ -214,5 +217,6 @@ def parse(data: bytes | memoryview) -> Envelope:
         note,
         payload,
         position,
+        salt,
         path,
     )

@@ -302,8 +302,18 @@ def test_spot_checks_are_refused_in_bft_mode_for_lack_of_a_shared_coin(cluster):
         lone.remote(1.0)
 
 
+@bft_ray.verified_remote(replicas=3, num_gpus=1)
+def bump(x):
+    return x + 1
+
+
 def test_ledgers_pass_the_audit_and_a_tampered_copy_fails(cluster, tmp_path):
     run_one_by_one(2, offset=40)
+    # A burst of a trivial function reaches the executors in batches: the ledgers then hold
+    # batched attestations (one signature per batch, a Merkle path each), which the audit
+    # checks like any other.
+    assert bft_ray.get(bump.remote(-1), timeout=60) == 0
+    assert bft_ray.get([bump.remote(i) for i in range(48)], timeout=120) == list(range(1, 49))
     time.sleep(1.0)  # let the trailing commits reach every ledger
     reports = audit_dir(cluster.ledgers, verifier_keys=cluster.verifier_keys())
     assert len(reports) == 4 and all(r.ok for r in reports), [r.line() for r in reports]
@@ -321,6 +331,8 @@ def test_ledgers_pass_the_audit_and_a_tampered_copy_fails(cluster, tmp_path):
     tampered = sqlite3.connect(copy)
     tables = [r[0] for r in tampered.execute("select name from sqlite_master where type='table'")]
     vt = next(t for t in tables if "verdict" in t)
+    batched = tampered.execute(f"select count(*) from {vt} where judgements like '%\"path\"%'")
+    assert batched.fetchone()[0] > 0, "no batched attestation reached the ledger"
     cols = [r[1] for r in tampered.execute(f"pragma table_info({vt})")]
     col = "outcome" if "outcome" in cols else cols[-1]
     tampered.execute(f"update {vt} set {col} = 'failed' where rowid = 1")

@@ -24,7 +24,7 @@ from bft_ray.crypto import SigningKey
 from bft_ray.errors import CertificateError
 from bft_ray.executor import envelope
 from bft_ray.executor.actor import ExecutorActor, TaskSpec, capability_commitment
-from bft_ray.executor.attestation import Attestation
+from bft_ray.executor.attestation import SALT_BYTES, Attestation
 from bft_ray.verifier.admission import Expected, Status, admit, own_object
 from bft_ray.verifier.certificate import Certificate, FunctionId, verify_certificate
 
@@ -95,6 +95,7 @@ def test_a_batch_of_one_is_a_single_attestation():
     assert single == Attestation.create(KEY, *_records(1)[0])
     assert set(single.to_dict()) == {f.name for f in dataclasses.fields(Attestation)} - {
         "position",
+        "salt",
         "path",
     }
 
@@ -110,6 +111,7 @@ def test_a_batch_of_one_is_a_single_attestation():
         {"kind": "error"},
         {"digest": bytes(32)},
         {"position": 1},
+        {"salt": bytes(SALT_BYTES)},
         {"signature": bytes(64)},
     ],
 )
@@ -139,6 +141,8 @@ def test_an_attestation_cannot_borrow_another_leafs_path_or_become_single():
         {"path": [bytes(32)]},  # a list, not a tuple
         {"path": (bytes(32),) * (merkle.MAX_DEPTH + 1)},
         {"position": True},
+        {"salt": b""},
+        {"salt": bytes(SALT_BYTES + 1)},
     ],
 )
 def test_malformed_batch_fields_never_verify_and_never_raise(over):
@@ -153,10 +157,33 @@ def test_from_dict_is_strict_about_batch_fields():
         {**d, "path": []},
         {**d, "path": ["AB" * 32]},
         {**d, "position": "1"},
+        {**d, "salt": "AB" * SALT_BYTES},
+        {**d, "path": ["00" * 32] * (merkle.MAX_DEPTH + 1)},
+        {k: v for k, v in d.items() if k != "salt"},
         {**d, "extra": 1},
     ):
         with pytest.raises(ValueError):
             Attestation.from_dict(bad)
+
+
+def test_a_batch_that_repeats_a_record_has_one_valid_position_per_leaf():
+    # A Byzantine dispatcher may put one replica into a batch twice; its leaves still differ
+    # (position and salt are hashed in), so no position can be flipped onto the other's path.
+    record = _records(1)[0]
+    a, b = Attestation.create_batch(KEY, [record, record])
+    assert a.verify() and b.verify() and a.path != b.path
+    assert not replace(a, position=1).verify() and not replace(b, position=0).verify()
+    assert not replace(a, position=1, salt=b.salt).verify()
+
+
+def test_sibling_hashes_reveal_nothing_about_other_answers_without_their_salts():
+    # A certificate of one call carries its batch siblings' leaf hashes; someone who knows
+    # another call's task id and guesses its output cannot check the guess against them.
+    batch = Attestation.create_batch(KEY, _records(2))
+    again = Attestation.create_batch(KEY, _records(2))  # the very same records
+    assert batch[0].path != again[0].path  # leaves are salted afresh
+    guess = Attestation.create(KEY, *_records(2)[1])  # t1's record, its output guessed right
+    assert merkle.leaf_hash(guess.message()) not in batch[0].path
 
 
 def test_a_batched_record_never_reads_like_a_single_one():
@@ -209,9 +236,9 @@ def test_a_batched_answer_moved_to_another_call_or_rewritten_is_refused():
 def test_truncated_or_out_of_range_batch_envelopes_are_malformed():
     raw = _batch_envelopes(3)[2]
     env = envelope.parse(raw)
-    # Where the depth byte starts: before the path, the u32 position and the u8 depth.
+    # Where the depth byte starts: before the path, the salt, the u32 position and the u8 depth.
     note_at = len(raw) - len(env.payload) - 4 - len(env.note.encode())
-    pre = note_at - 32 * len(env.path) - 5
+    pre = note_at - 32 * len(env.path) - SALT_BYTES - 5
     assert raw[pre] == len(env.path) == 2
     for cut in (pre + 1, pre + 4, pre + 5 + 31, pre + 5 + 32 + 10):
         with pytest.raises(envelope.EnvelopeError):
