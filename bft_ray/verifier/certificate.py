@@ -542,9 +542,14 @@ def _check(
         raise CertificateError("min_verifier_signatures must be an integer")
     needed = max(1, min_verifier_signatures)
     trusted = _keys(verifier_keys, "verifier_keys")
-    if cert.mode == "bft":
-        # A group certificate needs 2f + 1 of the group's n = len(verifier_keys) keys.
-        needed = max(needed, 2 * ((len(trusted) - 1) // 3) + 1)
+    # The keys given are one group (``cluster.verifier_keys()``): whatever mode the certificate
+    # states (its signers chose it), it needs 2f + 1 of them, f = (n - 1) // 3. Were the floor
+    # only for "bft" certificates, one Byzantine verifier could sign a "trusted" one alone.
+    needed = max(needed, 2 * ((len(trusted) - 1) // 3) + 1)
+    if require_commit_proof and cert.mode != "bft":
+        raise CertificateError(
+            f"a {cert.mode!r} certificate has no commit proof (require_commit_proof=True)"
+        )
     body = cert.body()
     good = {
         s.public_key
@@ -697,12 +702,14 @@ def verify_certificate(
             e.g. ``cluster.executor_keys()``) each registered executor must map to its
             registered key; with an iterable of keys each registered key must be among them.
         min_verifier_signatures: Distinct known verifier keys that must have signed; at least
-            1. For a ``"bft"`` certificate at least ``2f + 1`` are always required, where
-            ``f = (len(verifier_keys) - 1) // 3``: pass the whole group's keys
-            (``cluster.verifier_keys()``).
+            1. At least ``2f + 1`` are always required, where
+            ``f = (len(verifier_keys) - 1) // 3``, whatever mode the certificate states (its
+            signers choose it): pass the whole group's keys (``cluster.verifier_keys()``), and
+            a trusted-mode certificate with its one verifier's key.
         raise_on_failure: Raise :class:`~bft_ray.errors.CertificateError` with the reason
             instead of returning ``False``.
-        require_commit_proof: For a ``"bft"`` certificate, also require its commit proof
+        require_commit_proof: Require a ``"bft"`` certificate (any other mode fails) and its
+            commit proof
             (a present one is always checked: the block, its chain to the committed head,
             ``2f + 1`` signatures on each QC under the given keys, the commit rule, and the
             block's claim for this task certifying this digest and representative).

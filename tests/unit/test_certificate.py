@@ -480,8 +480,23 @@ def test_truncated_bytes_return_false(name):
 def test_bad_verifier_keys_arguments_return_false():
     for keys in (None, 5, "abc", VKEYS[0], [None], [1, 2], [10**12], {"v": 3}, [[VKEYS[0]]]):
         assert verify_certificate(BASE, keys) is False
-    assert verify_certificate(BASE, iter(VKEYS)) is True
+    assert verify_certificate(BASE, iter(VKEYS[:1])) is True
     assert verify_certificate(BASE, [bytearray(VKEYS[0])]) is True
+
+
+def test_one_verifier_of_a_group_cannot_certify_alone_by_calling_it_trusted():
+    """The mode is the signers' word: checked against a group's keys, any certificate needs
+    2f + 1 of them. One Byzantine verifier of four signed a "trusted" certificate alone; it
+    verified against the group's keys (found by an adversarial review)."""
+    assert BASE.mode == "trusted" and len(BASE.signatures) == 1
+    assert verify_certificate(BASE, VKEYS[:1])
+    assert not verify_certificate(BASE, VKEYS)
+    with pytest.raises(CertificateError, match="1 valid signatures .* 3 needed"):
+        verify_certificate(BASE, VKEYS, raise_on_failure=True)
+    three = make(signers=(0, 1, 2))  # trusted-mode label, 2f + 1 signatures: the count decides
+    assert verify_certificate(three, VKEYS)
+    with pytest.raises(CertificateError, match="has no commit proof"):
+        verify_certificate(three, VKEYS, require_commit_proof=True, raise_on_failure=True)
 
 
 def test_bad_executor_keys_arguments_return_false():
@@ -651,7 +666,7 @@ SETTERS = _setters()
 def test_garbage_in_any_field_returns_false(setter, value):
     name, put = setter
     bad = put(BASE, value)
-    result = verify_certificate(bad, VKEYS, task_id="t1", value=VALUE)
+    result = verify_certificate(bad, VKEYS[:1], task_id="t1", value=VALUE)
     assert isinstance(result, bool)
     if name == "signature.verifier_id" and type(value) is str:
         assert result  # the label is not signed
