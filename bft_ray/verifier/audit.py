@@ -180,7 +180,7 @@ def audit_dir(
 
 def _cross_check(files: Sequence[Path], reports: Sequence[AuditReport]) -> None:
     """Fail ledgers of one group that disagree on a committed height."""
-    chains: dict[tuple[Any, ...], list[tuple[Path, AuditReport, list[bytes]]]] = {}
+    chains: dict[Any, list[tuple[Path, AuditReport, list[bytes]]]] = {}
     for f, r in zip(files, reports):
         if not r.ok:
             continue
@@ -194,7 +194,9 @@ def _cross_check(files: Sequence[Path], reports: Sequence[AuditReport]) -> None:
         except sqlite3.DatabaseError as e:
             _fail(r, f"file: cannot re-read for comparison: {e}")
             continue
-        group = (meta.get("validators"), meta.get("f"), meta.get("chain_id"))
+        # Grouped by the keys alone: a ledger whose meta names another f or chain id is still
+        # the same group's, and its blocks are compared with the others'.
+        group = meta.get("validators")
         chains.setdefault(group, []).append((f, r, ids))
     for members in chains.values():
         for i, (fa, ra, a) in enumerate(members):
@@ -275,8 +277,17 @@ class _Auditor:
             return None
         if meta.owner_key != keys[meta.index]:
             p.add(f"meta: owner key is not validator {meta.index}'s key")
+        # The quorum comes from the keys, never from the file: a ledger that says f = 0 would
+        # let its owner's lone signatures pass as 2f + 1 (a bft-ray group always has
+        # f = (n - 1) // 3). A larger f only asks for more signatures.
+        least_f = (len(keys) - 1) // 3
+        if stored.f < least_f:
+            p.add(
+                f"meta: f = {stored.f}, but a group of {len(keys)} verifiers tolerates "
+                f"f = {least_f}; checked with f = {least_f}"
+            )
         try:
-            vs = ValidatorSet(keys, f=stored.f, chain_id=stored.chain_id)
+            vs = ValidatorSet(keys, f=max(stored.f, least_f), chain_id=stored.chain_id)
             verifier = CertificateVerifier(vs, Ed25519Verifier(keys))
         except Exception as e:
             p.add(f"meta: validator keys are not Ed25519 public keys of a valid set: {e}")

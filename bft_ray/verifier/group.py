@@ -828,31 +828,9 @@ def _rows(applied: list[Committed]) -> list[Any]:
     Operator records get no verdict row: they are in the block's payload, which the ledger
     hash-chains and the audit checks, and they judge no executor's answer.
     """
-    from bft_ray.verifier.ledger import VerdictRow
+    from bft_ray.verifier.ledger import row_of_claim
 
-    rows = []
-    for c in applied:
-        if c.operator:
-            continue
-        claim = c.claim.claim
-        rows.append(
-            VerdictRow(
-                task_id=c.task_id,
-                entry=c.entry,
-                outcome="accepted" if claim.step == "accept" else "failed",
-                digest=claim.digest,
-                judgements=tuple(
-                    (
-                        j.executor_id,
-                        j.label,
-                        j.reason,
-                        None if j.attestation is None else j.attestation.to_dict(),
-                    )
-                    for j in claim.judgements
-                ),
-            )
-        )
-    return rows
+    return [row_of_claim(c.entry, c.claim) for c in applied if not c.operator]
 
 
 def _forged(msg: Any) -> Any:

@@ -82,7 +82,7 @@ from bft_ray.consensus.types import (
 from bft_ray.crypto import SigningKey, encode_fields
 from bft_ray.errors import BftRayError
 from bft_ray.executor.attestation import Attestation
-from bft_ray.verifier.claims import ClaimError, decode_payload, entry_task_id
+from bft_ray.verifier.claims import ClaimError, SignedClaim, decode_entry, decode_payload
 
 if TYPE_CHECKING:
     from bft_ray.consensus.node import Ready
@@ -355,11 +355,13 @@ def check_verdict_row(row: VerdictRow, entries: Sequence[bytes], *, signatures: 
     if not 0 <= row.entry < len(entries):
         return f"entry {row.entry} is outside the block's {len(entries)} payload entries"
     try:
-        claimed = entry_task_id(entries[row.entry])
+        sc = decode_entry(entries[row.entry])
     except ClaimError as e:
         return f"payload entry {row.entry} is not a signed claim: {e}"
-    if claimed != row.task_id:
-        return f"payload entry {row.entry} is a claim for task {claimed!r}, not {row.task_id!r}"
+    if not isinstance(sc, SignedClaim):
+        return f"payload entry {row.entry} is an operator record, not a signed claim"
+    if sc.task_id != row.task_id:
+        return f"payload entry {row.entry} is a claim for task {sc.task_id!r}, not {row.task_id!r}"
     if row.outcome not in OUTCOMES:
         return f"outcome {row.outcome!r} is not one of {OUTCOMES}"
     if type(row.digest) is not bytes:
@@ -386,7 +388,40 @@ def check_verdict_row(row: VerdictRow, entries: Sequence[bytes], *, signatures: 
             return f"judgement {k} ({j[0]}): attestation is for task {att.task_id!r}"
         if signatures and not att.verify():
             return f"judgement {k} ({j[0]}): attestation signature does not verify"
+    # The row must say what the committed claim says: a ledger's owner could otherwise record
+    # a failed call as accepted, with a digest of its choice, or an honest executor as flagged.
+    want = row_of_claim(row.entry, sc)
+    if row.outcome != want.outcome:
+        return f"outcome {row.outcome!r} is not the committed claim's ({want.outcome!r})"
+    if row.digest != want.digest:
+        return "digest is not the committed claim's"
+    try:
+        same = judgements_json(row.judgements) == judgements_json(want.judgements)
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        return "judgements are not the committed claim's"
     return ""
+
+
+def row_of_claim(entry: int, sc: SignedClaim) -> VerdictRow:
+    """The verdict row a verifier records for the signed claim at ``entry`` of a block."""
+    claim = sc.claim
+    return VerdictRow(
+        task_id=claim.task_id,
+        entry=entry,
+        outcome="accepted" if claim.step == "accept" else "failed",
+        digest=claim.digest,
+        judgements=tuple(
+            (
+                j.executor_id,
+                j.label,
+                j.reason,
+                None if j.attestation is None else j.attestation.to_dict(),
+            )
+            for j in claim.judgements
+        ),
+    )
 
 
 def ledger_path(directory: str | Path, index: int) -> Path:

@@ -20,6 +20,8 @@ from bft_ray.cli import main
 from bft_ray.consensus import CommitRule, QuorumCert
 from bft_ray.verifier.audit import audit, audit_dir
 from bft_ray.verifier.ledger import (
+    Ledger,
+    VerdictRow,
     decode_proof,
     encode_proof,
     judgements_json,
@@ -164,7 +166,11 @@ def test_changed_verdict_with_its_row_hash_recomputed(copy):
     )
     r = audit(copy)
     assert not r.ok
-    assert r.first_bad.startswith(f"blocks height {h}: its verdict rows do not match the digest")
+    assert "judgements are not the committed claim's" in r.first_bad  # the claim says otherwise
+    assert any(
+        p.startswith(f"blocks height {h}: its verdict rows do not match the digest")
+        for p in r.problems
+    )
 
 
 def test_deleted_verdict_row(copy):
@@ -312,3 +318,97 @@ def test_python_dash_m_audit(ledgers, tmp_path):
         lines[1].startswith("FAILED")
         and "tampered.sqlite: blocks height 7: row signature" in lines[1]
     )
+
+
+def _lone_verifier_ledger(tmp_path: Path) -> tuple[Path, list[bytes]]:
+    """Verifier 0 of four alone writes a ledger whose QCs carry only its own signature, its meta
+    saying f = 0 (a quorum of one). Found by an adversarial review: the audit took f from the
+    file, so ``audit --keys`` with the group's real keys passed it."""
+    from test_ledger import EXECUTORS, ed25519_crypto, make_claim, validator_key
+
+    from bft_ray.consensus import CommittedBlock, ValidatorSet
+    from bft_ray.consensus.types import GENESIS_QC, Block, VoteData, vote_signing_bytes
+    from bft_ray.executor.attestation import Attestation
+    from bft_ray.verifier.claims import encode_payload
+
+    real, signers, _ = ed25519_crypto(4)
+    keys = list(real.public_keys)
+    forged = ValidatorSet(tuple(keys), f=0)
+
+    def qc_of(b: Block) -> QuorumCert:
+        vd: VoteData = b.vote_data()
+        return QuorumCert(vd, ((0, signers[0].sign(vote_signing_bytes(forged.domain, vd))),))
+
+    claim = make_claim("task-X")
+    b1 = Block(1, GENESIS_QC, encode_payload([claim.encode()]), 0)
+    b2 = Block(2, qc_of(b1), b"", 0)
+    b3 = Block(3, qc_of(b2), b"", 0)
+    path = tmp_path / "verifier-0.sqlite"
+    led = Ledger(path, index=0, validators=forged, signing_key=validator_key(0))
+    c = claim.claim
+    judgements = tuple(
+        (
+            r.executor_id,
+            "agreed",
+            "",
+            Attestation.create(
+                EXECUTORS[r.executor_id], c.task_id, 0, r.executor_id, r.slot, "value", c.digest
+            ).to_dict(),
+        )
+        for r in c.replicas
+    )
+    led.append(
+        CommittedBlock(b1, b1.id, (qc_of(b2),)),
+        [VerdictRow("task-X", 0, "accepted", c.digest, judgements)],
+    )
+    led.append(CommittedBlock(b2, b2.id, (qc_of(b3),)), [])
+    led.close()
+    return path, keys
+
+
+def test_a_ledger_claiming_a_lower_f_is_checked_with_the_groups_f(tmp_path):
+    path, keys = _lone_verifier_ledger(tmp_path)
+    report = audit(path, verifier_keys=keys)
+    assert not report.ok
+    assert any("f = 0, but a group of 4 verifiers tolerates f = 1" in p for p in report.problems)
+    assert any("2f+1" in p or "validators" in p for p in report.problems), report.problems
+
+
+def test_a_verdict_row_that_is_not_the_committed_claims_fails(tmp_path, monkeypatch):
+    """The ledger's owner (one Byzantine verifier) records a committed *failed* claim as
+    accepted, with a digest of its choice, and an honest executor as disagreed; the blocks are
+    the group's own (3 real QC signatures). Found by an adversarial review: the audit compared
+    a row's task id with its claim, not its outcome, digest or judgements."""
+    from test_ledger import EXECUTORS, ed25519_crypto, make_claim, validator_key
+
+    import bft_ray.verifier.ledger as ledger_mod
+    from bft_ray.consensus import CommittedBlock
+    from bft_ray.consensus.types import GENESIS_QC, Block, vote_signing_bytes
+    from bft_ray.executor.attestation import Attestation
+    from bft_ray.verifier.claims import encode_payload
+
+    vs, signers, _ = ed25519_crypto(4)
+
+    def qc_of(b: Block) -> QuorumCert:
+        vd = b.vote_data()
+        sigs = tuple((i, signers[i].sign(vote_signing_bytes(vs.domain, vd))) for i in (1, 2, 3))
+        return QuorumCert(vd, sigs)
+
+    claim = make_claim("task-F", accept=False)  # the committed claim says: failed
+    b1 = Block(1, GENESIS_QC, encode_payload([claim.encode()]), 1)
+    b2 = Block(2, qc_of(b1), b"", 2)
+    b3 = Block(3, qc_of(b2), b"", 3)
+    att = Attestation.create(EXECUTORS["ex1"], "task-F", 0, "ex1", "slot1", "value", b"\x01" * 32)
+    lie = VerdictRow(
+        "task-F", 0, "accepted", b"\x66" * 32, (("ex1", "disagreed", "", att.to_dict()),)
+    )
+    path = tmp_path / "verifier-0.sqlite"
+    with monkeypatch.context() as m:  # the owner writes what it likes
+        m.setattr(ledger_mod, "check_verdict_row", lambda *a, **k: "")
+        led = Ledger(path, index=0, validators=vs, signing_key=validator_key(0))
+        led.append(CommittedBlock(b1, b1.id, (qc_of(b2),)), [lie])
+        led.append(CommittedBlock(b2, b2.id, (qc_of(b3),)), [])
+        led.close()
+    report = audit(path, verifier_keys=list(vs.public_keys))
+    assert not report.ok
+    assert "outcome 'accepted' is not the committed claim's ('failed')" in report.first_bad

@@ -491,7 +491,7 @@ def test_one_verifier_of_a_group_cannot_certify_alone_by_calling_it_trusted():
     assert BASE.mode == "trusted" and len(BASE.signatures) == 1
     assert verify_certificate(BASE, VKEYS[:1])
     assert not verify_certificate(BASE, VKEYS)
-    with pytest.raises(CertificateError, match="1 valid signatures .* 3 needed"):
+    with pytest.raises(CertificateError, match=r"1 valid signatures .* 3 needed"):
         verify_certificate(BASE, VKEYS, raise_on_failure=True)
     three = make(signers=(0, 1, 2))  # trusted-mode label, 2f + 1 signatures: the count decides
     assert verify_certificate(three, VKEYS)

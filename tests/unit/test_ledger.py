@@ -45,13 +45,14 @@ from bft_ray.crypto import SigningKey
 from bft_ray.errors import BftRayError
 from bft_ray.executor.attestation import Attestation
 from bft_ray.verifier.claims import (
+    Judged,
     ReplicaClaim,
     SignedClaim,
     VerdictClaim,
     decode_payload,
     encode_payload,
 )
-from bft_ray.verifier.ledger import Ledger, LedgerError, VerdictRow
+from bft_ray.verifier.ledger import Ledger, LedgerError, VerdictRow, row_of_claim
 
 N = 4
 
@@ -78,6 +79,20 @@ def make_claim(task_id: str, accept: bool = True) -> SignedClaim:
     )
     executors = tuple((eid, k.public_bytes, "aa" * 16) for eid, k in EXECUTORS.items())
     digest = blake3.blake3(task_id.encode()).digest() if accept else b""
+    judged = tuple(
+        Judged(
+            r.executor_id,
+            r.slot,
+            "agreed",
+            "",
+            Attestation.create(
+                EXECUTORS[r.executor_id], task_id, r.attempt, r.executor_id, r.slot, "value", digest
+            ),
+        )
+        if accept
+        else Judged(r.executor_id, r.slot, "crashed", f"replica {k} crashed", None)
+        for k, r in enumerate(replicas)
+    )
     claim = VerdictClaim(
         task_id,
         "f",
@@ -91,6 +106,7 @@ def make_claim(task_id: str, accept: bool = True) -> SignedClaim:
         digest,
         "ex0" if accept else "",
         executors,
+        judged,
     )
     return claim.sign(DISPATCHER)
 
@@ -102,21 +118,10 @@ def verdicts_for(block: Block) -> list[VerdictRow]:
     """The verdict rows of a committed block (deterministic: every replica derives the same)."""
     if block.id in _VERDICTS:
         return _VERDICTS[block.id]
-    rows = []
-    for i, entry in enumerate(decode_payload(block.payload)):
-        c = SignedClaim.decode(entry).claim
-        judgements = []
-        for k, r in enumerate(c.replicas):
-            if c.step == "accept":
-                att = Attestation.create(
-                    EXECUTORS[r.executor_id], c.task_id, r.attempt, r.executor_id, r.slot,
-                    "value", c.digest,
-                )  # fmt: skip
-                judgements.append((r.executor_id, "agreed", "", att.to_dict()))
-            else:
-                judgements.append((r.executor_id, "crashed", f"replica {k} crashed", None))
-        outcome = "accepted" if c.step == "accept" else "failed"
-        rows.append(VerdictRow(c.task_id, i, outcome, c.digest, tuple(judgements)))
+    rows = [
+        row_of_claim(i, SignedClaim.decode(entry))
+        for i, entry in enumerate(decode_payload(block.payload))
+    ]
     _VERDICTS[block.id] = rows
     return rows
 
