@@ -110,6 +110,8 @@ class Outcome:
         attestation: The executor's signed attestation (admitted answers only; for an
             ``INVALID`` answer whose signature did verify, it is kept as evidence).
         reason: Why the outcome is not ``OK``, for reports and errors.
+        unsigned: Set by :func:`read_by_group` on an inadmissible, unsigned answer it counts
+            as ``CRASHED``: the executor answered, so nothing shows it died or stalled.
         note: Display text from the executor (an error's traceback); unverified.
     """
 
@@ -122,6 +124,7 @@ class Outcome:
     attestation: Attestation | None = None
     reason: str = ""
     note: str = ""
+    unsigned: bool = False
 
     @property
     def comparable(self) -> bool:
@@ -224,6 +227,23 @@ def own_object(outcome: Outcome) -> Outcome:
         return outcome
     return dataclasses.replace(
         outcome, status=Status.INVALID, reason=f"replayed answer: {outcome.reason}"
+    )
+
+
+def read_by_group(outcome: Outcome) -> Outcome:
+    """``outcome`` as a BFT verifier may judge it: only what the executor signed is evidence.
+
+    The dispatcher names the object a replica answered in and chooses how it was produced: a
+    call with a wrong capability, another method's bytes or a killed actor read as an
+    inadmissible answer from an honest executor. So an ``INVALID`` answer without the
+    executor's valid signature (malformed, unsigned, a pickle, an error object) counts as
+    ``CRASHED``: no answer, reputation only, never a flag of a wrong answer. A signed but
+    malformed payload stays ``INVALID``: the executor signed it.
+    """
+    if outcome.status is not Status.INVALID or outcome.attestation is not None:
+        return outcome
+    return dataclasses.replace(
+        outcome, status=Status.CRASHED, reason=f"no signed answer: {outcome.reason}", unsigned=True
     )
 
 

@@ -34,7 +34,14 @@ from typing import Any
 
 from bft_ray.config import Policy
 from bft_ray.executor.envelope import EnvelopeError, parse
-from bft_ray.verifier.admission import Expected, NoAnswer, Status, admit, failed
+from bft_ray.verifier.admission import (
+    Expected,
+    NoAnswer,
+    Status,
+    admit,
+    failed,
+    read_by_group,
+)
 from bft_ray.verifier.claims import Judged, VerdictClaim
 from bft_ray.verifier.decision import CallState, Judgement, Label, Step, VerdictRecord
 
@@ -157,7 +164,7 @@ def _recheck(claim: VerdictClaim, answers: Mapping[str, Any]) -> Recheck:
             # on an honest executor this way.
             return _invalid(f"claims {r.executor_id} {r.failure} in an object another actor made")
         if isinstance(got, bytes):
-            out = admit(got, expected)
+            out = read_by_group(admit(got, expected))
             if out.comparable:
                 return _invalid(
                     f"claims {r.executor_id} {r.failure}, but its signed answer was there"
@@ -167,15 +174,27 @@ def _recheck(claim: VerdictClaim, answers: Mapping[str, Any]) -> Recheck:
                     f"{r.executor_id}'s signed answer for this task is attributed to another "
                     "attempt, executor or slot by the claim"
                 )
+            if r.failure == "invalid" and out.status is Status.CRASHED:
+                return _invalid(
+                    f"claims {r.executor_id} {r.failure} without a signed answer to show for it"
+                )
             if r.failure != out.status.value:
                 return _invalid(
                     f"claims {r.executor_id} {r.failure}, but it answered ({out.status.value})"
                 )
             # The executor's own signed but inadmissible answer: evidence kept. One it signed
             # for another call is MISATTRIBUTED, which flags no one: the object is named by
-            # the dispatcher, so it may be an old answer pointed at, not a replay.
+            # the dispatcher, so it may be an old answer pointed at, not a replay. Unsigned
+            # bytes read as CRASHED (read_by_group): no evidence of a wrong answer.
             state.feed(out)
             continue
+        if _FAILURE_STATUS[r.failure] in (Status.INVALID, Status.MISATTRIBUTED):
+            # No bytes this verifier could read (a crashed, cancelled or erroring object, or
+            # one not ready): nothing the executor signed shows an invalid answer. The
+            # dispatcher chooses how the object was produced, so its word is not evidence.
+            return _invalid(
+                f"claims {r.executor_id} {r.failure} without a signed answer to show for it"
+            )
         state.feed(failed(expected, _FAILURE_STATUS[r.failure], r.reason))
     decision = state.decide(spare=0)
     if claim.step == "accept":

@@ -86,6 +86,7 @@ from bft_ray.verifier.admission import (
     admit,
     failed,
     own_object,
+    read_by_group,
 )
 from bft_ray.verifier.certificate import Certificate, VerifierSignature
 from bft_ray.verifier.claims import FAILURES, OperatorClaim, ReplicaClaim, VerdictClaim
@@ -1878,8 +1879,9 @@ class TrustedVerifier:
         out = admit(raw, expected)
         # Alone, this verifier submitted the call and holds its object: a misattributed answer
         # in it is a replay. In BFT mode it must judge as the verifiers, who only have its word
-        # for which object is this call's (Status.MISATTRIBUTED).
-        return own_object(out) if self.group is None else out
+        # for which object is this call's (Status.MISATTRIBUTED) and count only what the
+        # executor signed as evidence (read_by_group).
+        return own_object(out) if self.group is None else read_by_group(out)
 
     def _watch(self, slot: Slot, sent: _Sent, timeout: float, what: str) -> None:
         """Judge fire-and-forget work (a replayed call) only by whether it stalls."""
@@ -1898,9 +1900,11 @@ class TrustedVerifier:
 
     def _lost(self, out: Outcome, task_id: str, instance: _Instance | None = None) -> None:
         """A replica produced no comparable answer: retire a crashed or stalled executor."""
-        if out.status in (Status.TIMEOUT, Status.CRASHED):
+        if out.status in (Status.TIMEOUT, Status.CRASHED) and not out.unsigned:
             # Killed either way: a stalled one holds its GPU, and "crashed" is only what the
             # metadata of its object said, which an executor that is still alive can write.
+            # An unsigned answer (read_by_group) is no crash: the executor answered garbage,
+            # which its reputation pays for, as an invalid answer does in the trusted mode.
             self.pool.retire(out.executor_id, out.reason, kill=True)
         if instance is not None and out.executor_id in instance.holders:
             instance.holders.remove(out.executor_id)

@@ -319,6 +319,13 @@ _INVENTED = {
     # was taken at the claim's word; an adversarial review found it.
     "invalid, another actor's object": (("failed", "invalid", 0, "o2"), "foreign", False),
     "crashed, another actor's object": (("failed", "crashed", 0, "o2"), "foreign", False),
+    # Fixed (an adversarial review): "invalid" taken on the claim's word when the verifier read
+    # no signed answer: the actor killed, `run` called with a wrong capability (an error
+    # object), the read timed out, or another method's bytes (`ping`) named as the answer.
+    "invalid, the actor killed": (("failed", "invalid", 0, "o2"), "crashed", False),
+    "invalid, a refused error object": (("failed", "invalid", 0, "o2"), "refused", False),
+    "invalid, the read timed out": (("failed", "invalid", 0, "o2"), "timed out", False),
+    "invalid, another method's bytes": (("failed", "invalid", 0, "o2"), "unsigned", False),
 }
 _INVENTED_REASONS = {
     "timeout, no object named": "a failed replica that names no object is taken on the claim's "
@@ -353,6 +360,14 @@ def test_an_honest_answer_is_never_turned_into_a_failure(variant):
         answers["o2"] = envelope(KEYS["ex2"], "ex2", "s2", GOOD, task="another-task")
     elif read == "foreign":
         answers["o2"] = FOREIGN  # what BftVerifier._read hands the recheck for such an object
+    elif read == "crashed":
+        answers["o2"] = NoAnswer(Status.CRASHED, "ActorDiedError")
+    elif read == "refused":
+        answers["o2"] = NoAnswer(Status.INVALID, "refused a pickled error object")
+    elif read == "timed out":
+        answers["o2"] = NoAnswer(Status.TIMEOUT, "no answer within 5s")
+    elif read == "unsigned":
+        answers["o2"] = wire.encode({"executor_id": "ex2", "pid": 7})  # what ping() returns
     reason = "made up" if failure else ""
     if read == "other task":  # a liar that knows the rules uses admission's own reason
         exp = Expected("t1", attempt, "ex2", "s2", KEYS["ex2"].public_bytes)
@@ -383,6 +398,10 @@ def test_an_honest_answer_is_never_turned_into_a_failure(variant):
         "invalid, another task's object": "but it answered (misattributed)",
         "invalid, another actor's object": "in an object another actor made",
         "crashed, another actor's object": "in an object another actor made",
+        "invalid, the actor killed": "without a signed answer to show for it",
+        "invalid, a refused error object": "without a signed answer to show for it",
+        "invalid, the read timed out": "without a signed answer to show for it",
+        "invalid, another method's bytes": "without a signed answer to show for it",
     }.get(variant, _ANSWER_THERE)
     if not _INVENTED[variant][2]:
         assert expected_reason in r.reason, r.reason
