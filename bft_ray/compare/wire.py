@@ -70,6 +70,7 @@ __all__ = [
     "WireValue",
     "decode",
     "decode_canonical",
+    "decode_plain",
     "encode",
     "encode_parts",
 ]
@@ -92,6 +93,7 @@ T_LIST, T_TUPLE, T_DICT, T_NAMEDTUPLE, T_DATACLASS = range(0x10, 0x15)
 T_NDARRAY, T_NPSCALAR, T_TENSOR = range(0x20, 0x23)
 _CONTAINERS = frozenset({T_LIST, T_TUPLE, T_DICT, T_NAMEDTUPLE, T_DATACLASS})
 _KEY_TAGS = frozenset({T_NONE, T_FALSE, T_TRUE, T_INT, T_FLOAT, T_STR, T_BYTES})
+_NOT_PLAIN = frozenset({T_COMPLEX, T_NDARRAY, T_NPSCALAR, T_TENSOR})  # refused by decode_plain
 
 # numpy dtypes: code -> dtype (little-endian); (kind, itemsize) -> code
 _NP_NAMES = (
@@ -659,11 +661,12 @@ class _Frame:
 class _Parser:
     """Strict single-pass parser; ``values`` selects rebuilding values vs canonical leaves."""
 
-    def __init__(self, buf: bytes | memoryview, values: bool) -> None:
+    def __init__(self, buf: bytes | memoryview, values: bool, plain: bool = False) -> None:
         self.buf = buf
         self.n = len(buf)
         self.pos = 0
         self.values = values
+        self.plain = plain  # values only of the built-in container and scalar types
         self.parts: list[str] = []
         self.leaves: list[Leaf] = []
 
@@ -898,10 +901,14 @@ class _Parser:
             return tuple(frame.items)
         if tag == T_DICT:
             return dict(zip(frame.keys, frame.items))
+        if self.plain:  # before any class is looked up, let alone its module imported
+            raise self.fail(f"not a plain value: a class {frame.module}.{frame.qualname}")
         return _rebuild_class(tag, frame.module, frame.qualname, tuple(frame.keys), frame.items)
 
     def leaf(self, tag: int, path: str) -> Any:
         values = self.values
+        if self.plain and tag in _NOT_PLAIN:
+            raise self.fail("not a plain value: an array, numpy scalar, tensor or complex")
         if tag <= T_TRUE:
             if values:
                 return None if tag == T_NONE else tag == T_TRUE
@@ -1078,6 +1085,35 @@ def decode(data: bytes | memoryview) -> Any:
     buf = _as_buffer(data)
     try:
         return _Parser(buf, values=True).parse()
+    except WireFormatError:
+        raise
+    except (*_PARSE_ERRORS, RuntimeError) as exc:
+        raise WireFormatError(f"malformed wire bytes: {type(exc).__name__}: {exc}") from None
+
+
+def decode_plain(data: bytes | memoryview) -> Any:
+    """:func:`decode` for bytes nobody vouched for yet, that must hold plain values only.
+
+    Only lists, tuples, dicts, str, bytes, int, float, bool and ``None`` are accepted: a class
+    (namedtuple, dataclass), an array, a numpy scalar, a tensor or a complex is an error, found
+    before anything is imported or constructed. For records whose signature is checked after
+    they are decoded (claims, commit proofs) and for an executor's yes/no answer.
+
+    Raises:
+        WireFormatError: If ``data`` is malformed or holds anything but plain values.
+
+    Example:
+        >>> decode_plain(encode([1, "a", {"b": None}]))
+        [1, 'a', {'b': None}]
+        >>> import collections
+        >>> decode_plain(encode(collections.namedtuple("P", "x")(1)))
+        Traceback (most recent call last):
+        ...
+        bft_ray.compare.wire.WireFormatError: not a plain value: a class ...
+    """
+    buf = _as_buffer(data)
+    try:
+        return _Parser(buf, values=True, plain=True).parse()
     except WireFormatError:
         raise
     except (*_PARSE_ERRORS, RuntimeError) as exc:

@@ -96,9 +96,26 @@ def capability_commitment(capability: bytes) -> bytes:
 
 
 def error_payload(exc: BaseException) -> bytes:
-    """The canonical record of an exception: what replicas compare when user code raised."""
+    """The canonical record of an exception: what replicas compare when user code raised.
+
+    Never raises: an exception whose ``str()`` raises, or whose text is no valid UTF-8 (a lone
+    surrogate from an input string), still gets a record, the same on every honest replica.
+    Before, the record itself raised, Ray stored that exception, and every honest replica of
+    the call read as an invalid answer.
+    """
     cls = type(exc)
-    return encode({"type": f"{cls.__module__}.{cls.__qualname__}", "message": str(exc)})
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<str() of {cls.__qualname__} failed>"
+    return encode(
+        {"type": _text(f"{cls.__module__}.{cls.__qualname__}"), "message": _text(message)}
+    )
+
+
+def _text(text: str) -> str:
+    """``text`` as valid UTF-8 text: lone surrogates become backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ExecutorActor:
@@ -327,7 +344,7 @@ def user_traceback(exc: BaseException, limit: int = 30) -> str:
     ][-limit:]
     lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
     lines += traceback.format_exception_only(type(exc), exc)
-    return "".join(lines)
+    return _text("".join(lines))
 
 
 def inside_executor() -> bool:

@@ -331,7 +331,7 @@ class SignedOperator:
             ClaimError: If the bytes are not a well-formed signed operator record.
         """
         f = _list(_decode(data), 3, "signed operator record")
-        if f[0] != _OPERATOR_TAG or type(f[0]) is not str:
+        if type(f[0]) is not str or f[0] != _OPERATOR_TAG:
             raise ClaimError("not an operator record")
         body = _bytes(f[1], "body", None)
         sig = _bytes(f[2], "signature", 64)
@@ -368,12 +368,23 @@ def decode_entry(entry: bytes) -> SignedClaim | SignedOperator:
 @functools.lru_cache(maxsize=4096)
 def _decode_entry(entry: bytes) -> SignedClaim | SignedOperator:
     try:
-        return SignedClaim.decode(entry)
+        return _strictly(SignedClaim.decode, entry)
     except ClaimError as first:
         try:
-            return SignedOperator.decode(entry)
+            return _strictly(SignedOperator.decode, entry)
         except ClaimError:
             raise first from None
+
+
+def _strictly(decode: Any, entry: bytes) -> Any:
+    # The decoders raise ClaimError for every malformed input they foresee; anything else
+    # that escapes is malformed input too, and callers rely on ClaimError alone.
+    try:
+        return decode(entry)
+    except ClaimError:
+        raise
+    except Exception as exc:
+        raise ClaimError(f"malformed entry: {type(exc).__name__}: {exc}") from None
 
 
 def encode_payload(entries: Sequence[bytes]) -> bytes:
@@ -422,7 +433,9 @@ def _decode(data: Any) -> Any:
     if not isinstance(data, bytes | memoryview):
         raise ClaimError(f"expected bytes, got {type(data).__name__}")
     try:
-        return wire.decode(bytes(data))
+        # Plain values only: these bytes are decoded before their signature is checked, so
+        # nothing in them may import a module or run a constructor (decode would).
+        return wire.decode_plain(bytes(data))
     except Exception as exc:  # malformed wire bytes of any kind
         raise ClaimError(f"malformed claim bytes: {exc}") from None
 
@@ -460,7 +473,7 @@ def _bytes(v: Any, what: str, size: int | None) -> bytes:
 
 
 def _choice(v: Any, allowed: tuple[str, ...], what: str) -> str:
-    if v not in allowed or type(v) is not str:
+    if type(v) is not str or v not in allowed:
         raise ClaimError(f"{what}: expected one of {allowed}")
     return v
 

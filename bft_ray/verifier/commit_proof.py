@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 
 import blake3
 
-from bft_ray.compare.wire import decode, encode
+from bft_ray.compare.wire import decode_plain, encode
 from bft_ray.consensus.blocktree import verify_commit_proof
 from bft_ray.consensus.config import CommitRule
 from bft_ray.consensus.crypto import CertificateVerifier, Ed25519Verifier, ValidatorSet
@@ -69,7 +69,7 @@ def _examine(
     from bft_ray.verifier.claims import ClaimError, SignedClaim, decode_entry, decode_payload
 
     try:
-        parts = decode(blob)
+        parts = decode_plain(blob)  # before any signature is checked: plain values only
         if not (isinstance(parts, list) and len(parts) == 4):
             return "malformed commit proof: not [block, chain, proof, keys]"
         raw_block, raw_chain, raw_proof, keys = parts

@@ -46,7 +46,7 @@ from ray.exceptions import RayError, RayTaskError
 
 from bft_ray.compare.diff import render_disagreement
 from bft_ray.compare.tolerance import compare, tolerance_ratio
-from bft_ray.compare.wire import WireItem, WireValue, decode, sequence_length
+from bft_ray.compare.wire import WireItem, WireValue, decode_plain, sequence_length
 from bft_ray.config import Policy
 from bft_ray.crypto import SigningKey, verify_signature
 from bft_ray.errors import (
@@ -2219,7 +2219,7 @@ class _Replication:
             self.v._lost(answer, self.call.task_id)
             return None
         try:
-            value = decode(answer.canonical.wire)
+            value = decode_plain(answer.canonical.wire)  # an executor's bytes: plain only
         except Exception:
             return None
         return value if type(value) is bool else None

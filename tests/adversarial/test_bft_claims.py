@@ -773,3 +773,46 @@ def test_another_calls_signed_answer_flags_no_one_and_the_honest_claim_rechecks(
     # Signed by someone else (or naming another executor) is still INVALID: not the executor's.
     forged = envelope(BAD, "ex2", "s2", GOOD, task="another-task")
     assert admit(forged, exp).status is Status.INVALID
+
+
+def test_claim_and_proof_bytes_are_decoded_without_importing_or_constructing_anything(
+    tmp_path, monkeypatch
+):
+    """Claims, payloads and commit proofs are decoded before any signature is checked, so
+    their decoder must refuse classes, arrays and tensors before looking anything up (an
+    adversarial review: the full decoder imported the named module and ran a dataclass
+    constructor inside an honest verifier, for bytes anyone could send)."""
+    import importlib
+    import sys
+
+    import numpy as np
+
+    from bft_ray.verifier.claims import ClaimError, decode_entry, decode_payload
+    from bft_ray.verifier.commit_proof import check_proof
+
+    marker = tmp_path / "constructed"
+    (tmp_path / "evil_claim_mod.py").write_text(
+        "import dataclasses, pathlib\n"
+        "@dataclasses.dataclass\n"
+        "class Evil:\n"
+        "    x: int = 0\n"
+        f"    def __post_init__(self): pathlib.Path({str(marker)!r}).write_text('ran')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    evil = importlib.import_module("evil_claim_mod").Evil(1)
+    marker.unlink()
+    entries = [
+        wire.encode([evil, b"s" * 64]),
+        wire.encode([b"body", evil]),
+        wire.encode(["operator", evil, b"s" * 64]),
+        wire.encode([np.zeros(3), b"s" * 64]),
+    ]
+    del sys.modules["evil_claim_mod"]
+    for entry in entries:
+        with pytest.raises(ClaimError, match="not a plain value"):
+            decode_entry(entry)
+    with pytest.raises(ClaimError):
+        decode_payload(wire.encode([*entries[:1], evil]))
+    why = check_proof(wire.encode([evil, [], [], []]), b"B" * 32, 1, "t1", b"d" * 32, "ex0", [])
+    assert isinstance(why, str) and why
+    assert "evil_claim_mod" not in sys.modules and not marker.exists()

@@ -62,15 +62,18 @@ def rekeyed(claim, answers, victim="ex0"):
     return seal(dataclasses.replace(claim, executors=executors, replicas=replicas), answers)
 
 
-def test_a_rekeyed_honest_executor_passes_the_recheck_alone_but_not_the_registry():
+def test_a_rekeyed_honest_executor_is_refused_by_the_recheck_and_by_the_registry():
     claim, answers = honest_claim()
     assert recheck(claim, answers).ok
     assert pinned().mismatch(claim) == ""
 
     lie = rekeyed(claim, answers)
     flags = {j.executor_id for j in lie.judgements if Label(j.label).flags}
-    # Without the registry this would be the agreed record: the honest ex0 flagged.
-    assert recheck(lie, answers).ok and flags == {"ex0"}
+    assert flags == {"ex0"}  # the lie: the honest ex0 flagged invalid
+    # The recheck alone used to agree (ex0's answer does not verify under the key the claim
+    # names); since only a signed answer is evidence of an invalid one in BFT mode, it
+    # refuses the claim, and the registry refuses the key the executor never stated.
+    assert "without a signed answer" in recheck(lie, answers).reason
     assert "key it never stated" in pinned().mismatch(lie)
 
 

@@ -869,3 +869,29 @@ def test_digest_forms_agree():
     big = np.ones(1 << 19)  # 4 MiB: the multithreaded path
     assert digest(big) == digest_wire(encode(big))
     assert len(digest(None)) == 32 and digest(None) != digest_wire(b"")
+
+
+def test_decode_plain_takes_plain_values_and_refuses_everything_else():
+    import collections
+    import dataclasses
+
+    from bft_ray.compare.wire import decode_plain
+
+    plain = [1, -(2**70), 2.5, "text", b"\x00", None, True, (1, [2]), {"k": {b"b": 3}}]
+    assert decode_plain(encode(plain)) == plain
+
+    @dataclasses.dataclass
+    class D:
+        x: int = 0
+
+    refused = [
+        collections.namedtuple("P", "x")(1),
+        D(1),
+        np.zeros(2),
+        np.float32(1.0),
+        1j,
+        [{"deep": (np.int64(3),)}],
+    ]
+    for value in refused:
+        with pytest.raises(WireFormatError, match="not a plain value"):
+            decode_plain(encode(value))

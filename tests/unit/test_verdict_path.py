@@ -327,3 +327,39 @@ def test_a_sidekick_of_a_colluder_chosen_as_the_value_is_never_credited():
         assert labels["ex4"] is not Label.AGREED, labels
         assert all(labels[f"ex{i}"] is not Label.DISAGREED for i in range(3)), labels
     assert x_chosen  # the case that needs the rule did occur
+
+
+class _NoText(Exception):
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+def _raises_surrogate(x):
+    raise ValueError("bad \udc80 input")
+
+
+def _raises_no_text(x):
+    raise _NoText()
+
+
+@pytest.mark.parametrize("fn", [_raises_surrogate, _raises_no_text])
+def test_an_exception_whose_text_cannot_be_encoded_is_still_a_record(fn):
+    """User code raising an exception with a lone surrogate in its message (from an input
+    string), or whose ``str()`` raises, still gives a signed error record the replicas agree on
+    (an adversarial review: the record itself raised, so every honest replica read as an
+    invalid answer, and in BFT mode a dispatcher could pick such inputs for one replica)."""
+    from bft_ray.executor.actor import ExecutorActor, TaskSpec, capability_commitment
+
+    cap = b"c" * 32
+    records = []
+    for i in range(2):
+        ex = ExecutorActor(i, f"ex{i}", f"slot{i}", capability_commitment(cap))
+        ex._functions["k"] = fn
+        lone = ex.run(cap, TaskSpec("t", 0, "k"), "k", None, 1)
+        batch = ex.run_batch(cap, [(TaskSpec("t", 0, "k"), "k", (1,), {})] * 2)
+        for raw in (lone, *batch):
+            key = envelope.parse(raw).public_key
+            out = admit(raw, Expected("t", 0, f"ex{i}", f"slot{i}", key))
+            assert out.status is Status.ERROR, out.reason
+            records.append(out.digest)
+    assert len(set(records)) == 1  # every replica's record is the same
