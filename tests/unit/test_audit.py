@@ -412,3 +412,39 @@ def test_a_verdict_row_that_is_not_the_committed_claims_fails(tmp_path, monkeypa
     report = audit(path, verifier_keys=list(vs.public_keys))
     assert not report.ok
     assert "outcome 'accepted' is not the committed claim's ('failed')" in report.first_bad
+
+
+def test_a_last_row_whose_head_is_not_in_the_ledger_fails(tmp_path):
+    """The ledger's owner ends it with a block of its own making F (parent the real block 1,
+    with its real QC) that names a real later head b3 and copies b3's genuine commit QC. Found
+    by an adversarial review: the audit let the last rows name a missing head (a batch "cut
+    short"), but every commit is appended with its head in one transaction."""
+    from test_ledger import ed25519_crypto, make_claim, validator_key
+
+    from bft_ray.consensus import CommittedBlock
+    from bft_ray.consensus.types import GENESIS_QC, Block, vote_signing_bytes
+    from bft_ray.verifier.claims import encode_payload
+    from bft_ray.verifier.ledger import row_of_claim
+
+    vs, signers, _ = ed25519_crypto(4)
+
+    def qc_of(b: Block) -> QuorumCert:
+        vd = b.vote_data()
+        sigs = tuple((i, signers[i].sign(vote_signing_bytes(vs.domain, vd))) for i in (1, 2, 3))
+        return QuorumCert(vd, sigs)
+
+    b1 = Block(1, GENESIS_QC, b"", 1)
+    b2 = Block(2, qc_of(b1), encode_payload([make_claim("real-task", accept=False).encode()]), 2)
+    b3 = Block(3, qc_of(b2), b"", 3)
+    b4 = Block(4, qc_of(b3), b"", 0)
+    forged = make_claim("forged-task", accept=False)
+    fake = Block(2, qc_of(b1), encode_payload([forged.encode()]), 0)  # never voted on
+    path = tmp_path / "verifier-0.sqlite"
+    led = Ledger(path, index=0, validators=vs, signing_key=validator_key(0))
+    led.append(CommittedBlock(b1, b1.id, (qc_of(b2),)), [])
+    led.append(CommittedBlock(fake, b3.id, (qc_of(b4),)), [row_of_claim(0, forged)])
+    led.close()
+    report = audit(path, verifier_keys=list(vs.public_keys))
+    assert not report.ok
+    assert "blocks height 2: its head" in report.first_bad
+    assert "is not this block or a later committed row" in report.first_bad
