@@ -398,11 +398,22 @@ class BftVerifier:
             msg = decode_message(data)
         except Exception:
             return
-        if isinstance(msg, Proposal) and msg.block.payload:
+        if isinstance(msg, Proposal) and msg.block.payload and self._signed_by_author(msg):
+            # Only a proposal its author really signed is worth decoding and checking the
+            # claims of before the core sees it: anyone can call deliver, and that work is
+            # about 0.4 ms per entry (the core still checks all of the proposal when stepped).
             await self._await_claims(msg.block.payload)
         self.replica.step(msg)
         self._pump()
         self._ensure_ticker()
+
+    def _signed_by_author(self, msg: Proposal) -> bool:
+        keys = self.validators.public_keys
+        author = msg.block.author
+        if not 0 <= author < len(keys):
+            return False
+        message = proposal_signing_bytes(self.validators.domain, msg.block.id)
+        return verify_signature(keys[author], message, msg.signature)
 
     async def _await_claims(self, payload: bytes) -> None:
         try:
@@ -410,7 +421,7 @@ class BftVerifier:
         except ClaimError:
             return
         app = self.replica.app  # type: ignore[union-attr]
-        waits = []
+        waits: dict[bytes, asyncio.Future] = {}
         loop = asyncio.get_running_loop()
         for e in entries:
             if app.recheck_of(e) is None and app.decode(e) is not None:
@@ -418,9 +429,13 @@ class BftVerifier:
                 fut = self._arrivals.get(key)
                 if fut is None:
                     fut = self._arrivals[key] = loop.create_future()
-                waits.append(fut)
+                waits[key] = fut
         if waits:
-            await asyncio.wait(waits, timeout=self.setup.claim_wait_s)
+            await asyncio.wait(waits.values(), timeout=self.setup.claim_wait_s)
+            # A claim that never came leaves no future behind (they would pile up forever).
+            for key, fut in waits.items():
+                if not fut.done() and self._arrivals.get(key) is fut:
+                    del self._arrivals[key]
 
     # -- executor registry ----------------------------------------------------------------
 

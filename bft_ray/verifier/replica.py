@@ -70,6 +70,7 @@ __all__ = ["Committed", "LedgerStore", "MemoryLedger", "VerdictApp", "VerifierRe
 logger = logging.getLogger(__name__)
 
 _KEEP_COMMITTED = 200_000  # task ids remembered as committed (duplicates are ignored)
+_MAX_REJECTED = 10_000  # refused claims remembered (their recheck answers repeat asks)
 # An operator record needs no recheck: the dispatcher's signature over it is the whole check.
 OPERATOR_OK = Recheck(Verdict.VALID)
 
@@ -178,6 +179,8 @@ class VerdictApp:
         if sc is None or sc.task_id in self._committed:
             return False
         if not result.ok:
+            if len(self._rejected) >= _MAX_REJECTED:  # bounded: refusals are anyone's to cause
+                self._rejected.pop(next(iter(self._rejected)))
             self._rejected[blake3.blake3(entry).digest()] = result
             logger.warning("claim for %s refused: %s", sc.task_id, result.reason)
             return False
