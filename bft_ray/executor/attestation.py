@@ -48,7 +48,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from bft_ray import merkle
+import bft_ray.merkle as merkle
 from bft_ray.crypto import SigningKey, encode_fields, verify_signature
 
 __all__ = ["KINDS", "Attestation"]

@@ -42,7 +42,7 @@ import dataclasses
 import struct
 from collections.abc import Sequence
 
-from bft_ray import merkle
+import bft_ray.merkle as merkle
 from bft_ray.compare.digest import digest_wire
 from bft_ray.crypto import SigningKey
 from bft_ray.executor.attestation import SALT_BYTES, Attestation
