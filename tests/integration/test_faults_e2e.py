@@ -272,8 +272,13 @@ def test_batched_answers_are_signed_once_and_a_rewritten_path_is_refused(cluster
     before = {i: row_for_slot(cluster.report(), i) for i in range(N)}
     counters = cluster.report().counters
     assert bft_ray.get(plus_one.remote(-1), timeout=60) == 0  # measured: batched from now on
-    refs = [plus_one.remote(i) for i in range(60)]
-    assert bft_ray.get(refs, timeout=120) == [i + 1 for i in range(60)]
+    # Batching needs the function's measured time per replica under 20 ms, Ray's round trip
+    # included, which a loaded machine can exceed for a while: up to four bursts.
+    for _ in range(4):
+        refs = [plus_one.remote(i) for i in range(60)]
+        assert bft_ray.get(refs, timeout=120) == [i + 1 for i in range(60)]
+        if cluster.report().counters["batched_replicas"] > counters["batched_replicas"]:
+            break
     assert cluster.report().counters["batched_replicas"] > counters["batched_replicas"]
     certs = [bft_ray.certificate(r) for r in refs]
     batched = [a for c in certs for a in c.agreeing if a.batched]
