@@ -183,8 +183,8 @@ class Attestation:
     def signed_record(self) -> bytes:
         """What identifies this attestation in a digest over it, with :attr:`signature`.
 
-        A single attestation's record is :meth:`message`; a batched one's adds its position and
-        path under its own domain tag, so the two kinds never read alike.
+        A single attestation's record is :meth:`message`; a batched one's adds its position,
+        salt and path under its own domain tag, so the two kinds never read alike.
         """
         if not self.path:
             return self.message()
